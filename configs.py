@@ -1,0 +1,59 @@
+"""Settings of the package: edit the constants here, or override one per run with
+`--set NAME=VALUE` (or the named flags) on either script. Each script resolves them
+into a config that it saves in its run folder, so a run never depends on this file again.
+
+Lengths are in Angstrom, energies in eV.
+"""
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+# --- paths -------------------------------------------------------------------------
+DATA_ROOT = str(_PACKAGE_DIR / "data")  # the parsed structure cache is written here once
+OUTPUT_DIR = str(_PACKAGE_DIR / "runs")  # every run writes one timestamped folder here
+
+# --- structures --------------------------------------------------------------------
+ATOM_TYPES = ("H", "C", "N", "O", "F")  # elements the encoder embeds; any other one is an input error
+MAX_STRUCTURES = None  # None uses every structure; an int takes a seeded subset, for quick runs
+TRAIN_VAL_TEST_SPLIT = (0.8, 0.1, 0.1)  # fractions of all structures, seeded, saved with the latents
+SEED = 0  # fixes the split, the subset, the initialisation and the batch order of the encoder
+
+# --- encoder (E(3)-equivariant point convolution) ---------------------------------
+ENC_HIDDEN_IRREPS = "16x0e + 16x1o"  # node features between layers; the lmax of the edge harmonics follows it
+ENC_NUM_LAYERS = 3  # interaction layers: the receptive field is about this many times the cutoff
+CUTOFF = 5.0  # radius graph cutoff (Angstrom); QM9 molecules span up to ~10 Angstrom
+NUM_RADIAL_BASIS = 8  # Bessel functions that encode an edge length
+RADIAL_HIDDEN_DIM = 64  # width of the MLP that turns the radial basis into tensor-product weights
+LATENT_DIM = 128  # size of the molecule latent used for selection and the property head
+
+# --- self-supervised decoder and its targets --------------------------------------
+DEC_HIDDEN_DIM = 256  # width of the invariant MLP from latent to descriptors
+# Loss weight of each structure-descriptor group; delete a key to drop that group.
+DESCRIPTOR_WEIGHTS = {"atom_counts": 1.0, "distance_hist": 1.0, "pair_hist": 1.0}
+DIST_HIST_RANGE = (0.5, 6.0)  # first and last centre of the all-pairs distance histogram
+DIST_HIST_BINS = 48  # Gaussian-smeared bins of that histogram (width = bin spacing)
+PAIR_HIST_RANGE = (0.8, 3.2)  # element-pair histogram range: bonds and 1-3 neighbours
+PAIR_HIST_BINS = 24  # bins per element pair (0.1 Angstrom spacing tells bond orders apart)
+
+# --- encoder training --------------------------------------------------------------
+ENC_LR = 1e-3  # Adam learning rate
+ENC_BATCH_SIZE = 64  # molecules per step
+ENC_EPOCHS = 100  # passes over the training structures; --resume may extend it
+ENC_LR_FACTOR = 0.5  # the learning rate is multiplied by this when validation loss plateaus
+ENC_LR_PATIENCE = 5  # epochs without validation improvement before that happens
+EVAL_BATCH_SIZE = 1024  # molecules per no-grad batch (validation, latents, descriptors): memory only
+
+# --- property head (ResidualMLP on latents) ---------------------------------------
+MLP_HIDDEN_DIM = 256  # width of the residual blocks
+MLP_LAYERS = 3  # residual blocks between in_proj and out_proj
+MLP_LR = 1e-3  # Adam learning rate
+MLP_EPOCHS = 200  # upper bound; early stopping usually ends sooner
+MLP_BATCH_SIZE = 64  # labelled molecules per step (a budget below this is one full batch)
+MLP_PATIENCE = 20  # epochs without validation-MAE improvement before a head stops
+MLP_VAL_SIZE = 2000  # seeded subset of the validation split used for early stopping; None: all of it
+
+# --- label selection experiment ----------------------------------------------------
+SAMPLING_NS = [10, 20, 50, 100, 200, 500, 1000]  # label budgets N, each a fresh head
+SAMPLING_SEEDS = [0, 1, 2, 3, 4]  # one seed fixes the random subset, the first centre and the head init
+SAMPLING_STRATEGIES = ["random", "kcenter"]  # selection strategies to compare
+KCENTER_STANDARDIZE = True  # k-center distances on per-dimension standardized latents

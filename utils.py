@@ -1,0 +1,274 @@
+"""Shared helpers: seeds, metrics, logging, devices, splits, plots, configs and safe file output."""
+import ast
+import contextlib
+import difflib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+import configs
+
+
+class InputError(ValueError):
+    """Bad input from the user: the scripts print its one-line message and exit with status 2."""
+
+
+def run_cli(main):
+    """Run a script's main(); an InputError becomes a one-line message on stderr and exit status 2."""
+    try:
+        main()
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+# --- reproducibility and hardware --------------------------------------------------
+
+def set_seed(seed):
+    """Seed Python, numpy, torch and every CUDA device."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def get_device(name=None):
+    """The named torch device, or CUDA when present, else the CPU. CUDA matmuls use TF32."""
+    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+# --- metrics (numpy arrays or torch tensors in, Python floats out) -----------------
+
+def _as_float64(x):
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+    return np.asarray(x, dtype=np.float64)
+
+
+def mae(y_true, y_pred):
+    return float(np.mean(np.abs(_as_float64(y_true) - _as_float64(y_pred))))
+
+
+def rmse(y_true, y_pred):
+    return float(np.sqrt(np.mean((_as_float64(y_true) - _as_float64(y_pred)) ** 2)))
+
+
+def r2(y_true, y_pred):
+    y_true, y_pred = _as_float64(y_true), _as_float64(y_pred)
+    residual = np.sum((y_true - y_pred) ** 2)
+    total = np.sum((y_true - y_true.mean()) ** 2)
+    return float(1.0 - residual / total)
+
+
+def standardize(values, fit_rows):
+    """(values - mean) / std per column of a tensor, with statistics from `fit_rows`; constant
+    columns keep std 1. Returns (standardized, mean, std)."""
+    mean, std = values[fit_rows].mean(dim=0), values[fit_rows].std(dim=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (values - mean) / std, mean, std
+
+
+# --- logging -----------------------------------------------------------------------
+
+def get_logger(name, log_file=None, max_bytes=10_000_000, backup_count=3):
+    """A logger to stderr and, if given, to a rotating log file. Calling it again replaces the handlers."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers = [logging.StreamHandler()]
+    if log_file is not None:
+        handlers.append(RotatingFileHandler(log_file, maxBytes=max_bytes, backupCount=backup_count))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    return logger
+
+
+# --- splits ------------------------------------------------------------------------
+
+def train_val_test_split_indices(n, ratios, seed):
+    """Disjoint int64 index arrays (train, val, test) covering 0..n-1, shuffled with `seed`."""
+    ratios = tuple(float(r) for r in ratios)
+    if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
+        raise InputError(f"TRAIN_VAL_TEST_SPLIT={ratios}: expected three non-negative fractions summing to 1")
+    order = np.random.default_rng(seed).permutation(n).astype(np.int64)
+    n_train = int(round(ratios[0] * n))
+    n_val = int(round(ratios[1] * n))
+    return order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
+
+
+# --- plots -------------------------------------------------------------------------
+
+def save_learning_curve(xs, ys_dict, out_png, ylabel="test MAE (eV)", hline=None):
+    """Log-log learning curves: for each label, ys is (runs, len(xs)); draws the mean over runs
+    and a geometric +-1 std band (mean times/divided by exp(std of log y)), which stays positive.
+    `hline` = (value, label) adds a horizontal reference line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for label, ys in ys_dict.items():
+        ys = np.asarray(ys, dtype=np.float64)
+        mean = ys.mean(axis=0)
+        spread = np.exp(np.log(ys).std(axis=0))
+        (line,) = ax.plot(xs, mean, marker="o", label=f"{label} (mean of {len(ys)})")
+        ax.fill_between(xs, mean / spread, mean * spread, color=line.get_color(), alpha=0.2)
+    if hline is not None:
+        ax.axhline(hline[0], color="gray", linestyle="--", label=hline[1])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("labelled molecules N")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+# --- configs -----------------------------------------------------------------------
+
+def default_config():
+    """Every upper-case constant of configs.py, as a namespace."""
+    return SimpleNamespace(**{k: getattr(configs, k) for k in dir(configs) if k.isupper() and not k.startswith("_")})
+
+
+def _coerce(name, value, default):
+    """`value` converted to the type of the default of `name`, or an InputError."""
+    if isinstance(value, str) and not isinstance(default, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise InputError(f"{name}={value!r}: not a Python literal") from None
+    if default is None:
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, (tuple, list)):
+        ok = isinstance(value, (tuple, list))
+        value = type(default)(value) if ok else value
+    else:
+        ok = isinstance(value, type(default)) and not isinstance(value, bool)
+    if not ok:
+        expected = "None or an int" if default is None else type(default).__name__
+        raise InputError(f"{name}={value!r}: expected {expected}, like the default {default!r}")
+    return value
+
+
+def resolve_config(overrides=None, base=None):
+    """`base` (default: configs.py) with `overrides` {NAME: value or string} applied; unknown names are errors."""
+    cfg = base or default_config()
+    defaults = vars(default_config())
+    for name, value in (overrides or {}).items():
+        if name not in defaults:
+            close = difflib.get_close_matches(name, defaults, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise InputError(f"unknown config key {name!r}{hint}; see configs.py")
+        setattr(cfg, name, _coerce(name, value, defaults[name]))
+    return cfg
+
+
+def config_from_json(text, source):
+    """A config saved by a run (JSON), checked against configs.py like command-line overrides."""
+    try:
+        saved = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{source}: config is not valid JSON ({err})") from None
+    missing = sorted(set(vars(default_config())) - set(saved))
+    if missing:
+        raise InputError(f"{source}: config lacks keys {missing}")
+    return resolve_config(saved)
+
+
+def parse_set_args(pairs):
+    """['NAME=VALUE', ...] from --set into a dict; the value is parsed later against the default's type."""
+    overrides = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(f"--set {pair!r}: expected NAME=VALUE")
+        overrides[name.strip()] = value.strip()
+    return overrides
+
+
+def config_json(cfg):
+    return json.dumps(vars(cfg), indent=2, sort_keys=True)
+
+
+# --- run folders and safe file output ----------------------------------------------
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; on success rename it over `path`, on error delete it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path, text):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def prepare_run_dir(out_dir):
+    """Create `out_dir` and check that files can be written there."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as err:
+        raise InputError(f"output directory {out_dir}: not writable ({err.strerror})") from None
+    return out_dir
+
+
+def run_metadata():
+    """Git commit and package versions, so that a run folder says what produced it."""
+    repo = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "not a git checkout", None
+    packages = ["torch", "e3nn", "torch_geometric", "numpy", "pandas", "scipy", "matplotlib"]
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "packages": {name: importlib.metadata.version(name) for name in packages},
+        "argv": sys.argv,
+    }
