@@ -1,0 +1,256 @@
+"""QM9 structures: parsed once from the qm9pack CSVs into a cache, held on the device as flat
+tensors, gathered into batches by index, and described by label-free structure descriptors.
+
+Cache arrays (M molecules, A atoms): z (A,) uint8 atomic numbers, pos (A, 3) float32 Angstrom,
+n_atoms (M,) int64, homo_ev (M,) float64, index (M,) int64 QM9 `Index` (PyG's idx + 1).
+"""
+import importlib.util
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch_geometric.utils import scatter
+
+from models import ATOMIC_NUMBER, atomic_numbers, radius_graph
+from utils import InputError, atomic_path
+
+HARTREE_TO_EV = 27.211386246  # CODATA 2018, the factor PyG's QM9 uses
+QM9_CSV_FILES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
+QM9_COLUMNS = ["Index", "N_atoms", "Elements", "XYZ_Ang", "HOMO_au"]
+CACHE_NAME = "qm9_structures.npz"
+CACHE_DTYPES = {"z": np.uint8, "pos": np.float32, "n_atoms": np.int64, "homo_ev": np.float64, "index": np.int64}
+
+
+# --- parsing and the cache ---------------------------------------------------------
+
+def qm9pack_csv_dir():
+    """The data/ folder of the installed qm9pack wheel, found without importing the package."""
+    spec = importlib.util.find_spec("qm9pack")
+    if spec is None:
+        raise InputError("package qm9pack is not installed: pip install -r requirements.txt")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _first_five(frame, bad_rows):
+    """QM9 Index of the first few rows flagged in `bad_rows`, for error messages."""
+    return frame["Index"].to_numpy()[bad_rows][:5].tolist()
+
+
+def _list_lengths(strings):
+    """Number of comma-separated items in each list string."""
+    return strings.str.count(",").to_numpy() + 1
+
+
+def parse_qm9_csv(path):
+    """One qm9pack CSV -> cache arrays. Coordinates may be written like `0.` or `1.2*^-6`."""
+    try:
+        frame = pd.read_csv(path, usecols=QM9_COLUMNS)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise InputError(f"{path}: cannot read QM9 columns {QM9_COLUMNS} ({err})") from None
+    n_atoms = frame["N_atoms"].to_numpy(np.int64)
+    if (n_atoms < 1).any():
+        raise InputError(f"{path}: molecules with no atoms (Index {_first_five(frame, n_atoms < 1)})")
+    symbols = frame["Elements"].str.replace(r"[\[\]'\" ]", "", regex=True)
+    coords = frame["XYZ_Ang"].str.replace("*^", "e", regex=False).str.replace(r"[\[\] ]", "", regex=True)
+    for name, lengths, expected in (("Elements", _list_lengths(symbols), n_atoms),
+                                    ("XYZ_Ang", _list_lengths(coords), 3 * n_atoms)):
+        if (lengths != expected).any():
+            raise InputError(f"{path}: {name} does not match N_atoms (Index {_first_five(frame, lengths != expected)})")
+    flat_symbols = pd.Series(",".join(symbols).split(","))
+    z = flat_symbols.map(ATOMIC_NUMBER)
+    if z.isna().any():
+        raise InputError(f"{path}: unknown element symbols {sorted(set(flat_symbols[z.isna()]))[:5]}")
+    try:
+        pos = np.array(",".join(coords).split(","), dtype=np.float64).reshape(-1, 3)
+    except ValueError as err:
+        raise InputError(f"{path}: XYZ_Ang holds a value that is not a number ({err})") from None
+    return {
+        "z": z.to_numpy(np.uint8),
+        "pos": pos.astype(np.float32),
+        "n_atoms": n_atoms,
+        "homo_ev": frame["HOMO_au"].to_numpy(np.float64) * HARTREE_TO_EV,
+        "index": frame["Index"].to_numpy(np.int64),
+    }
+
+
+def parse_qm9_csvs(csv_dir):
+    """All qm9pack CSV parts in `csv_dir` -> one set of cache arrays, in file order."""
+    paths = [Path(csv_dir) / name for name in QM9_CSV_FILES]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"QM9 CSV files not found: {missing}")
+    parts = [parse_qm9_csv(p) for p in paths]
+    return {key: np.concatenate([part[key] for part in parts]) for key in CACHE_DTYPES}
+
+
+def validate_structures(arrays, source):
+    """Check cache arrays for the keys, dtypes and consistency that everything downstream assumes."""
+    missing = sorted(set(CACHE_DTYPES) - set(arrays))
+    if missing:
+        raise InputError(f"{source}: missing arrays {missing}; expected {sorted(CACHE_DTYPES)}")
+    for key, dtype in CACHE_DTYPES.items():
+        if arrays[key].dtype != dtype:
+            raise InputError(f"{source}: array {key!r} has dtype {arrays[key].dtype}, expected {np.dtype(dtype)}")
+    n_atoms, index = arrays["n_atoms"], arrays["index"]
+    if not (len(n_atoms) == len(index) == len(arrays["homo_ev"])) or n_atoms.sum() != len(arrays["z"]) \
+            or arrays["pos"].shape != (len(arrays["z"]), 3):
+        raise InputError(f"{source}: array lengths disagree with n_atoms")
+    if (n_atoms < 1).any():
+        raise InputError(f"{source}: molecules with no atoms (Index {index[n_atoms < 1][:5].tolist()})")
+    molecule_of_atom = np.repeat(np.arange(len(n_atoms)), n_atoms)
+    bad_pos = ~np.isfinite(arrays["pos"]).all(axis=1)
+    if bad_pos.any():
+        raise InputError(f"{source}: non-finite coordinates (Index {index[molecule_of_atom[bad_pos]][:5].tolist()})")
+    if not np.isfinite(arrays["homo_ev"]).all():
+        raise InputError(f"{source}: non-finite HOMO values")
+    return arrays
+
+
+def load_qm9(data_root, csv_dir=None):
+    """Cache arrays of all QM9 molecules: read from `data_root`, or parsed from the CSVs and cached there."""
+    cache = Path(data_root) / CACHE_NAME
+    if not cache.exists():
+        arrays = validate_structures(parse_qm9_csvs(csv_dir or qm9pack_csv_dir()), "qm9pack CSVs")
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)
+        except OSError as err:
+            raise InputError(f"cannot write the QM9 cache {cache} ({err.strerror})") from None
+        return arrays
+    try:
+        with np.load(cache, allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise InputError(f"{cache}: corrupt QM9 cache ({err}); delete it to rebuild from the CSVs") from None
+    return validate_structures(arrays, cache)
+
+
+def take_molecules(arrays, rows):
+    """The cache arrays of the molecules at positions `rows`, in that order."""
+    counts = arrays["n_atoms"][rows]
+    first_atom = (np.cumsum(arrays["n_atoms"]) - arrays["n_atoms"])[rows]
+    atom_rows = np.repeat(first_atom - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+    per_molecule = {key: arrays[key][rows] for key in ("n_atoms", "homo_ev", "index")}
+    return {"z": arrays["z"][atom_rows], "pos": arrays["pos"][atom_rows], **per_molecule}
+
+
+def seeded_subset(arrays, max_structures, seed):
+    """A seeded random subset of `max_structures` molecules (kept in file order), or all if None."""
+    total = len(arrays["n_atoms"])
+    if max_structures is None:
+        return arrays
+    if not 1 <= max_structures <= total:
+        raise InputError(f"max molecules {max_structures}: expected 1..{total}, the size of the dataset")
+    rows = np.sort(np.random.default_rng(seed).choice(total, max_structures, replace=False))
+    return take_molecules(arrays, rows)
+
+
+# --- device-resident batches -------------------------------------------------------
+
+class Structures:
+    """Molecules as flat tensors on one device; a batch is an index gather, no Python objects."""
+
+    def __init__(self, arrays, atom_types, device):
+        known = np.isin(arrays["z"], atomic_numbers(atom_types))
+        if not known.all():
+            extra = sorted({int(z) for z in arrays["z"][~known]})
+            raise InputError(f"structures contain atomic numbers {extra} that ATOM_TYPES {tuple(atom_types)} lacks")
+        self.num_molecules = len(arrays["n_atoms"])
+        self.z = torch.as_tensor(arrays["z"].astype(np.int64), device=device)
+        type_of = np.zeros(len(ATOMIC_NUMBER) + 1, dtype=np.int64)
+        type_of[atomic_numbers(atom_types)] = np.arange(len(atom_types))
+        self.types = torch.as_tensor(type_of[arrays["z"]], device=device)  # row of ATOM_TYPES per atom
+        self.pos = torch.as_tensor(arrays["pos"], device=device)
+        self.n_atoms = torch.as_tensor(arrays["n_atoms"], device=device)
+        self.first_atom = self.n_atoms.cumsum(0) - self.n_atoms
+
+    def atoms_of(self, rows):
+        """Atom rows of molecules `rows` (B,) and the batch position of each: (atoms (A,), batch (A,))."""
+        counts = self.n_atoms[rows]
+        batch = torch.repeat_interleave(torch.arange(len(rows), device=counts.device), counts)
+        offset_in_batch = counts.cumsum(0) - counts
+        atoms = self.first_atom[rows][batch] + torch.arange(len(batch), device=counts.device) - offset_in_batch[batch]
+        return atoms, batch
+
+    def gather(self, rows):
+        """Molecules `rows` (B,) as encoder input (z (A,), pos (A, 3), batch (A,))."""
+        atoms, batch = self.atoms_of(rows)
+        return self.z[atoms], self.pos[atoms], batch
+
+
+def batches(rows, batch_size):
+    """Consecutive chunks of a 1-D tensor of molecule rows."""
+    return torch.split(rows, batch_size)
+
+
+# --- structure descriptors (self-supervised targets) --------------------------------
+
+def descriptor_sizes(cfg):
+    """Width of each enabled descriptor group, in the order of cfg.DESCRIPTOR_WEIGHTS."""
+    num_types = len(cfg.ATOM_TYPES)
+    sizes = {"atom_counts": num_types, "distance_hist": cfg.DIST_HIST_BINS,
+             "pair_hist": num_types * (num_types + 1) // 2 * cfg.PAIR_HIST_BINS}
+    unknown = sorted(set(cfg.DESCRIPTOR_WEIGHTS) - set(sizes))
+    if unknown or not cfg.DESCRIPTOR_WEIGHTS:
+        raise InputError(f"DESCRIPTOR_WEIGHTS keys {sorted(cfg.DESCRIPTOR_WEIGHTS)}: expected a non-empty "
+                         f"subset of {sorted(sizes)}")
+    return {name: sizes[name] for name in cfg.DESCRIPTOR_WEIGHTS}
+
+
+def _bin_width(value_range, bins):
+    return (value_range[1] - value_range[0]) / (bins - 1)
+
+
+def smeared_histogram(values, owner, num_owners, value_range, bins):
+    """Sum over values of Gaussians (width = bin spacing) at `bins` centres in `value_range`,
+    per owner: values (P,), owner (P,) -> (num_owners, bins)."""
+    centres = torch.linspace(*value_range, bins, device=values.device, dtype=values.dtype)
+    width = _bin_width(value_range, bins)
+    gauss = torch.exp(-0.5 * ((values[:, None] - centres) / width) ** 2)
+    return scatter(gauss, owner, dim=0, dim_size=num_owners, reduce="sum")
+
+
+def structure_descriptors(types, pos, batch, num_molecules, cfg):
+    """Label-free descriptors of each molecule, one (B, width) tensor per group of cfg.DESCRIPTOR_WEIGHTS.
+
+    atom_counts: atoms of each type. distance_hist: smeared histogram of all atom-pair distances.
+    pair_hist: the same per unordered element pair (H-H, H-C, ...), which sees bond lengths."""
+    num_types = len(cfg.ATOM_TYPES)
+    reach = max(cfg.DIST_HIST_RANGE[1] + 3 * _bin_width(cfg.DIST_HIST_RANGE, cfg.DIST_HIST_BINS),
+                cfg.PAIR_HIST_RANGE[1] + 3 * _bin_width(cfg.PAIR_HIST_RANGE, cfg.PAIR_HIST_BINS))  # farther pairs add ~0
+    source, target = radius_graph(pos, batch, reach)
+    once = source < target  # each unordered pair once
+    source, target = source[once], target[once]
+    distance = (pos[source] - pos[target]).norm(dim=1)
+    molecule = batch[source]
+    groups = {}
+    for name in cfg.DESCRIPTOR_WEIGHTS:
+        if name == "atom_counts":
+            one_hot = torch.nn.functional.one_hot(types, num_types).to(pos.dtype)
+            groups[name] = scatter(one_hot, batch, dim=0, dim_size=num_molecules, reduce="sum")
+        elif name == "distance_hist":
+            groups[name] = smeared_histogram(distance, molecule, num_molecules, cfg.DIST_HIST_RANGE,
+                                             cfg.DIST_HIST_BINS)
+        elif name == "pair_hist":
+            low = torch.minimum(types[source], types[target])
+            high = torch.maximum(types[source], types[target])
+            pair = low * num_types - low * (low - 1) // 2 + (high - low)  # row of (low, high) in the upper triangle
+            num_pairs = num_types * (num_types + 1) // 2
+            hist = smeared_histogram(distance, molecule * num_pairs + pair, num_molecules * num_pairs,
+                                     cfg.PAIR_HIST_RANGE, cfg.PAIR_HIST_BINS)
+            groups[name] = hist.reshape(num_molecules, num_pairs * cfg.PAIR_HIST_BINS)
+    return groups
+
+
+def compute_descriptors(structures, cfg):
+    """Descriptors of every molecule, concatenated: (M, total width), on the structures' device."""
+    rows = torch.arange(structures.num_molecules, device=structures.z.device)
+    chunks = []
+    for chunk in batches(rows, cfg.EVAL_BATCH_SIZE):
+        atoms, batch = structures.atoms_of(chunk)
+        groups = structure_descriptors(structures.types[atoms], structures.pos[atoms], batch, len(chunk), cfg)
+        chunks.append(torch.cat(list(groups.values()), dim=1))
+    return torch.cat(chunks)
