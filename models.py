@@ -1,0 +1,193 @@
+"""The structure encoder, its self-supervised decoder and the property head.
+
+Shapes: a batch of B molecules with A atoms in all is z (A,) atomic numbers, pos (A, 3) in
+Angstrom and batch (A,) molecule of each atom, sorted; E is the number of directed edges.
+"""
+import math
+
+import torch
+from e3nn import o3
+from e3nn.nn import FullyConnectedNet, Gate
+from torch import nn
+from torch_geometric.utils import scatter
+
+from utils import InputError
+
+PERIODIC_TABLE = (
+    "X H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr "
+    "Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb "
+    "Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr Rf "
+    "Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og"
+).split()  # index = atomic number
+ATOMIC_NUMBER = {symbol: number for number, symbol in enumerate(PERIODIC_TABLE) if number > 0}
+
+POLY_CUTOFF_P = 6  # smoothness of the radial cutoff envelope (NequIP's default): C^2 at the cutoff
+
+
+def atomic_numbers(atom_types):
+    """Atomic numbers of element symbols, e.g. ("H", "C") -> [1, 6]."""
+    unknown = [s for s in atom_types if s not in ATOMIC_NUMBER]
+    if unknown:
+        raise InputError(f"ATOM_TYPES has unknown element symbols {unknown}")
+    return [ATOMIC_NUMBER[s] for s in atom_types]
+
+
+def radius_graph(pos, batch, cutoff):
+    """Directed edges (2, E) as (source, target) between distinct atoms of one molecule closer
+    than `cutoff`, both directions. Molecules are small, so every pair inside each molecule is
+    compared on a padded (B, n_max, n_max) grid; padding slots are NaN and so never close."""
+    counts = torch.bincount(batch)
+    first_atom = counts.cumsum(0) - counts
+    slot = torch.arange(len(batch), device=pos.device) - first_atom[batch]
+    padded = pos.new_full((len(counts), int(counts.max()), 3), float("nan"))
+    padded[batch, slot] = pos
+    dist = (padded[:, :, None, :] - padded[:, None, :, :]).norm(dim=-1)
+    close = dist < cutoff
+    close.diagonal(dim1=1, dim2=2).fill_(False)
+    molecule, target, source = close.nonzero(as_tuple=True)
+    return torch.stack([first_atom[molecule] + source, first_atom[molecule] + target])
+
+
+class RadialBasis(nn.Module):
+    """Bessel functions sin(n pi r / rc) / r times a smooth polynomial envelope that vanishes at rc."""
+
+    def __init__(self, cutoff, num_basis):
+        super().__init__()
+        self.cutoff = cutoff
+        self.register_buffer("frequencies", torch.arange(1, num_basis + 1) * math.pi / cutoff)
+
+    def forward(self, length):  # (E,) -> (E, num_basis)
+        p = POLY_CUTOFF_P
+        x = length / self.cutoff
+        envelope = (1 - (p + 1) * (p + 2) / 2 * x**p + p * (p + 2) * x ** (p + 1)
+                    - p * (p + 1) / 2 * x ** (p + 2)) * (x < 1)
+        bessel = math.sqrt(2 / self.cutoff) * torch.sin(self.frequencies * length[:, None]) / length[:, None]
+        return bessel * envelope[:, None]
+
+
+def gate_for(irreps_out):
+    """An e3nn Gate whose output is `irreps_out`: scalars pass through SiLU (tanh if odd), every
+    l > 0 irrep is scaled by a sigmoid of its own extra 0e scalar."""
+    scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l == 0])
+    gated = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l > 0])
+    activations = [torch.nn.functional.silu if ir.p == 1 else torch.tanh for _, ir in scalars]
+    gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated else o3.Irreps("")
+    return Gate(scalars, activations, gates, [torch.sigmoid] * len(gates), gated)
+
+
+class PointConvolution(nn.Module):
+    """One interaction: h_i <- Gate(Linear(sum_j TP(h_j, Y(r_ij); w(|r_ij|)) / sqrt(n_avg)) + Linear(h_i)).
+
+    The tensor product is channel-wise ("uvu"): each channel of h_j meets the edge harmonics
+    Y(r_ij) with its own weight per path, computed per edge by an MLP of the radial basis."""
+
+    def __init__(self, irreps_in, irreps_sh, irreps_out, num_basis, radial_hidden_dim, avg_num_neighbors):
+        super().__init__()
+        self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+        self.gate = gate_for(self.irreps_out)
+        wanted = {ir for _, ir in self.gate.irreps_in}
+        paths, instructions = [], []
+        for i, (mul, ir_in) in enumerate(self.irreps_in):
+            for j, (_, ir_sh) in enumerate(irreps_sh):
+                for ir_out in ir_in * ir_sh:
+                    if ir_out in wanted:
+                        instructions.append((i, j, len(paths), "uvu", True))
+                        paths.append((mul, ir_out))
+        unreachable = wanted - {ir for _, ir in paths}
+        if unreachable:
+            raise InputError(f"irreps {self.irreps_out} cannot be reached from {self.irreps_in} x {irreps_sh}: "
+                             f"no path to {sorted(unreachable)}")
+        self.tp = o3.TensorProduct(self.irreps_in, irreps_sh, o3.Irreps(paths), instructions,
+                                   shared_weights=False, internal_weights=False)
+        self.radial = FullyConnectedNet([num_basis, radial_hidden_dim, self.tp.weight_numel],
+                                        torch.nn.functional.silu)
+        self.linear = o3.Linear(self.tp.irreps_out, self.gate.irreps_in)
+        self.self_connection = o3.Linear(self.irreps_in, self.gate.irreps_in)
+        self.neighbor_norm = avg_num_neighbors**-0.5  # keeps the sum over neighbours at unit scale
+
+    def forward(self, h, edge_index, edge_sh, edge_basis):
+        source, target = edge_index
+        messages = self.tp(h[source], edge_sh, self.radial(edge_basis))
+        summed = scatter(messages, target, dim=0, dim_size=h.shape[0], reduce="sum")
+        return self.gate(self.linear(summed * self.neighbor_norm) + self.self_connection(h))
+
+
+class EquivGNNEncoder(nn.Module):
+    """Structure -> latent (num_graphs, latent_dim), invariant to rotations, reflections,
+    translations and atom order.
+
+    Atom types embed as 0e scalars; `num_layers` point convolutions carry `hidden_irreps`
+    (the last keeps only its scalars); each atom's scalars map to latent_dim features
+    (SiLU, so the pooled latent is not confined to a hidden-size subspace), summed per
+    molecule and mixed by a final linear layer."""
+
+    def __init__(self, atom_types, hidden_irreps, num_layers, latent_dim, cutoff, num_radial_basis,
+                 radial_hidden_dim, avg_num_neighbors):
+        super().__init__()
+        try:
+            hidden = o3.Irreps(hidden_irreps).simplify()
+        except (ValueError, AssertionError) as err:
+            raise InputError(f"ENC_HIDDEN_IRREPS={hidden_irreps!r}: not an irreps string ({err})") from None
+        scalars = o3.Irreps([(mul, ir) for mul, ir in hidden if ir == o3.Irrep("0e")])
+        if not scalars:
+            raise InputError(f"ENC_HIDDEN_IRREPS={hidden_irreps!r}: needs 0e channels to pool into the latent")
+        if num_layers < 1:
+            raise InputError(f"ENC_NUM_LAYERS={num_layers}: expected at least 1")
+        self.cutoff = cutoff
+        self.irreps_sh = o3.Irreps.spherical_harmonics(hidden.lmax)
+        type_index = torch.full((len(PERIODIC_TABLE),), -1, dtype=torch.long)
+        type_index[atomic_numbers(atom_types)] = torch.arange(len(atom_types))
+        self.register_buffer("type_index", type_index)  # atomic number -> embedding row
+        self.embedding = nn.Embedding(len(atom_types), scalars.dim)
+        self.radial_basis = RadialBasis(cutoff, num_radial_basis)
+        layer_irreps = [scalars] + [hidden] * (num_layers - 1) + [scalars]
+        self.layers = nn.ModuleList(
+            PointConvolution(irreps_in, self.irreps_sh, irreps_out, num_radial_basis, radial_hidden_dim,
+                             avg_num_neighbors)
+            for irreps_in, irreps_out in zip(layer_irreps[:-1], layer_irreps[1:])
+        )
+        self.atom_readout = nn.Linear(scalars.dim, latent_dim)
+        self.latent_out = nn.Linear(latent_dim, latent_dim)
+
+    def forward(self, z, pos, batch):
+        edge_index = radius_graph(pos, batch, self.cutoff)
+        source, target = edge_index
+        edge_vec = pos[source] - pos[target]
+        edge_sh = o3.spherical_harmonics(self.irreps_sh, edge_vec, normalize=True, normalization="component")
+        edge_basis = self.radial_basis(edge_vec.norm(dim=1))
+        h = self.embedding(self.type_index[z])
+        for layer in self.layers:
+            h = layer(h, edge_index, edge_sh, edge_basis)
+        atom_features = torch.nn.functional.silu(self.atom_readout(h))
+        return self.latent_out(scatter(atom_features, batch, dim=0, reduce="sum"))
+
+
+class EquivDecoder(nn.Module):
+    """Latent (B, latent_dim) -> structure descriptors (B, out_dim): an MLP on invariants, so invariant."""
+
+    def __init__(self, latent_dim, hidden_dim, out_dim):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden_dim), nn.SiLU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.SiLU(),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, latent):
+        return self.net(latent)
+
+
+class ResidualMLP(nn.Module):
+    """Latent (batch, latent_dim) -> one property (batch,): in_proj, residual Linear+ReLU blocks, out_proj."""
+
+    def __init__(self, latent_dim, hidden_dim, num_layers):
+        super().__init__()
+        self.in_proj = nn.Linear(latent_dim, hidden_dim)
+        self.blocks = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(num_layers))
+        self.out_proj = nn.Linear(hidden_dim, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.in_proj(x))
+        for block in self.blocks:
+            h = h + torch.relu(block(h))
+        return self.out_proj(h).squeeze(-1)
