@@ -1,0 +1,272 @@
+"""Self-supervised training of the E(3)-equivariant encoder on QM9 structures (no labels), then
+the latents of every molecule into latents_qm9.npz.
+
+The encoder learns to predict label-free structure descriptors (atom counts, distance histograms)
+through an invariant decoder. HOMO energies are read only to be stored beside the latents.
+
+    python train_encoder_qm9.py --max-molecules 2000 --epochs 3 --out-dir runs/quick
+    python train_encoder_qm9.py --out-dir runs/full            # all of QM9, best on a GPU
+    python train_encoder_qm9.py --out-dir runs/full --resume --epochs 150
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import data
+from models import EquivDecoder, EquivGNNEncoder, radius_graph
+from utils import (InputError, atomic_path, config_from_json, config_json, get_device, get_logger,
+                   parse_set_args, prepare_run_dir, resolve_config, run_cli, run_metadata, set_seed, standardize,
+                   train_val_test_split_indices, write_text)
+
+LATENTS_NAME = "latents_qm9.npz"
+BEST_ENCODER, BEST_DECODER, LAST = "encoder_struct.pt", "decoder_struct.pt", "last.pt"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", type=Path, help="run folder (default: OUTPUT_DIR/encoder_<time>)")
+    parser.add_argument("--data-root", help="override DATA_ROOT (where the QM9 cache lives)")
+    parser.add_argument("--max-molecules", type=int, help="override MAX_STRUCTURES: a seeded subset")
+    parser.add_argument("--epochs", type=int, help="override ENC_EPOCHS (with --resume: train on to this epoch)")
+    parser.add_argument("--batch-size", type=int, help="override ENC_BATCH_SIZE")
+    parser.add_argument("--lr", type=float, help="override ENC_LR")
+    parser.add_argument("--seed", type=int, help="override SEED")
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE", help="override any configs.py constant")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args):
+    """The resolved config: configs.py with the flags applied, or the saved config of a resumed run."""
+    flags = {"DATA_ROOT": args.data_root, "MAX_STRUCTURES": args.max_molecules, "ENC_EPOCHS": args.epochs,
+             "ENC_BATCH_SIZE": args.batch_size, "ENC_LR": args.lr, "SEED": args.seed}
+    overrides = {name: value for name, value in flags.items() if value is not None}
+    overrides.update(parse_set_args(args.set))
+    if not args.resume:
+        return resolve_config(overrides)
+    if args.out_dir is None:
+        raise InputError("--resume needs --out-dir, the run folder to continue")
+    changed = sorted(set(overrides) - {"ENC_EPOCHS"})
+    if changed:
+        raise InputError(f"--resume continues the saved config; only --epochs may change, not {changed}")
+    saved = args.out_dir / "config.json"
+    if not saved.is_file():
+        raise InputError(f"{saved}: not found; --resume needs a run folder written by this script")
+    return resolve_config(overrides, base=config_from_json(saved.read_text(), saved))
+
+
+# --- data and models ---------------------------------------------------------------
+
+def load_structures(cfg):
+    """The (subset of) QM9 molecules this run uses, as cache arrays."""
+    arrays = data.load_qm9(cfg.DATA_ROOT)
+    return data.seeded_subset(arrays, cfg.MAX_STRUCTURES, cfg.SEED)
+
+
+def average_neighbors(structures, rows, cutoff, batch_size):
+    """Mean number of neighbours within the cutoff per atom, over the molecules `rows`."""
+    edges = atoms = 0
+    for chunk in data.batches(rows, batch_size):
+        _, pos, batch = structures.gather(chunk)
+        edges += radius_graph(pos, batch, cutoff).shape[1]
+        atoms += len(batch)
+    return edges / atoms
+
+
+def encoder_hparams(cfg, avg_num_neighbors):
+    """Everything EquivGNNEncoder needs, as primitives stored in every checkpoint."""
+    return {"atom_types": list(cfg.ATOM_TYPES), "hidden_irreps": cfg.ENC_HIDDEN_IRREPS,
+            "num_layers": cfg.ENC_NUM_LAYERS, "latent_dim": cfg.LATENT_DIM, "cutoff": cfg.CUTOFF,
+            "num_radial_basis": cfg.NUM_RADIAL_BASIS, "radial_hidden_dim": cfg.RADIAL_HIDDEN_DIM,
+            "avg_num_neighbors": avg_num_neighbors}
+
+
+def decoder_hparams(cfg, out_dim):
+    return {"latent_dim": cfg.LATENT_DIM, "hidden_dim": cfg.DEC_HIDDEN_DIM, "out_dim": out_dim}
+
+
+def load_encoder(path, device="cpu"):
+    """The encoder of a checkpoint, rebuilt from its saved hyperparameters, in eval mode."""
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    encoder = EquivGNNEncoder(**checkpoint["hparams"]).to(device)
+    encoder.load_state_dict(checkpoint["state_dict"])
+    return encoder.eval()
+
+
+def group_losses(prediction, target, sizes):
+    """Mean squared error of each descriptor group: {name: scalar tensor}."""
+    errors = ((prediction - target) ** 2).split(list(sizes.values()), dim=1)
+    return {name: error.mean() for name, error in zip(sizes, errors)}
+
+
+def weighted_total(losses, weights):
+    return sum(weights[name] * loss for name, loss in losses.items())
+
+
+def make_optimizer(cfg, params, device):
+    optimizer = torch.optim.Adam(params, lr=cfg.ENC_LR, fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.ENC_LR_FACTOR,
+                                                           patience=cfg.ENC_LR_PATIENCE)
+    return optimizer, scheduler
+
+
+# --- training ----------------------------------------------------------------------
+
+def epoch_order(train_rows, seed, epoch):
+    """The shuffled training rows of one epoch; a pure function of (seed, epoch), so a resumed run
+    sees the same batches as an uninterrupted one."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return train_rows[torch.randperm(len(train_rows), generator=generator).to(train_rows.device)]
+
+
+def train_epoch(encoder, decoder, optimizer, structures, targets, rows, cfg):
+    """One pass over `rows` in shuffled batches; returns the mean weighted loss (a 0-d tensor)."""
+    encoder.train()
+    decoder.train()
+    sizes = data.descriptor_sizes(cfg)
+    total = torch.zeros((), device=targets.device)
+    for chunk in tqdm(data.batches(rows, cfg.ENC_BATCH_SIZE), desc="batches", leave=False, disable=None):
+        prediction = decoder(encoder(*structures.gather(chunk)))
+        loss = weighted_total(group_losses(prediction, targets[chunk], sizes), cfg.DESCRIPTOR_WEIGHTS)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(chunk)
+    return total / len(rows)
+
+
+@torch.no_grad()
+def evaluate(encoder, decoder, structures, targets, rows, cfg):
+    """Per-group losses on `rows` and their weighted total, as Python floats."""
+    encoder.eval()
+    decoder.eval()
+    sizes = data.descriptor_sizes(cfg)
+    sums = dict.fromkeys(sizes, torch.zeros((), device=targets.device))
+    for chunk in data.batches(rows, cfg.EVAL_BATCH_SIZE):
+        losses = group_losses(decoder(encoder(*structures.gather(chunk))), targets[chunk], sizes)
+        sums = {name: sums[name] + loss * len(chunk) for name, loss in losses.items()}
+    losses = {name: float(value) / len(rows) for name, value in sums.items()}
+    return weighted_total(losses, cfg.DESCRIPTOR_WEIGHTS), losses
+
+
+@torch.no_grad()
+def extract_latents(encoder, structures, batch_size):
+    """Latents of every molecule, (M, latent_dim) float32 numpy, in eval mode and batched."""
+    encoder.eval()
+    rows = torch.arange(structures.num_molecules, device=structures.z.device)
+    latents = [encoder(*structures.gather(chunk)) for chunk in data.batches(rows, batch_size)]
+    return torch.cat(latents).float().cpu().numpy()
+
+
+def save_checkpoint(path, payload):
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def save_best(out_dir, encoder, decoder, enc_hparams, dec_hparams, target_stats, epoch, val_loss):
+    """The best-so-far encoder and decoder, each loadable on its own."""
+    common = {"epoch": epoch, "val_loss": val_loss}
+    save_checkpoint(out_dir / BEST_ENCODER, {"hparams": enc_hparams, "state_dict": encoder.state_dict(), **common})
+    save_checkpoint(out_dir / BEST_DECODER, {"hparams": dec_hparams, "state_dict": decoder.state_dict(),
+                                            "target_mean": target_stats[0], "target_std": target_stats[1], **common})
+
+
+def write_latents(path, latents, y, split, qm9_index, cfg):
+    """latents_qm9.npz: z_all (M, LATENT_DIM) float32, y_all (M,) HOMO eV, the split, qm9_index, config."""
+    idx_train, idx_val, idx_test = split
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, z_all=latents.astype(np.float32), y_all=y.astype(np.float64), idx_train=idx_train,
+                 idx_val=idx_val, idx_test=idx_test, qm9_index=qm9_index.astype(np.int64),
+                 config=np.array(config_json(cfg)))
+
+
+def train(cfg, out_dir, resume, device, logger):
+    """Steps 3-11: data, targets, models, training with checkpoints, latents, split, npz."""
+    set_seed(cfg.SEED)
+    arrays = load_structures(cfg)
+    structures = data.Structures(arrays, cfg.ATOM_TYPES, device)
+    split = train_val_test_split_indices(structures.num_molecules, cfg.TRAIN_VAL_TEST_SPLIT, cfg.SEED)
+    train_rows, val_rows = (torch.as_tensor(s, device=device) for s in split[:2])
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise InputError(f"{structures.num_molecules} molecules with TRAIN_VAL_TEST_SPLIT="
+                         f"{cfg.TRAIN_VAL_TEST_SPLIT} leave an empty train or validation split")
+    logger.info("molecules %d (train %d, val %d, test %d), atoms %d, device %s", structures.num_molecules,
+                len(split[0]), len(split[1]), len(split[2]), len(structures.z), device)
+
+    start = time.perf_counter()
+    targets, target_mean, target_std = standardize(data.compute_descriptors(structures, cfg), train_rows)
+    logger.info("descriptor targets %s computed in %.1f s", data.descriptor_sizes(cfg), time.perf_counter() - start)
+
+    checkpoint = torch.load(out_dir / LAST, map_location=device, weights_only=True) if resume else None
+    avg_neighbors = (checkpoint["encoder_hparams"]["avg_num_neighbors"] if resume else
+                     average_neighbors(structures, train_rows, cfg.CUTOFF, cfg.EVAL_BATCH_SIZE))
+    enc_hparams = encoder_hparams(cfg, avg_neighbors)
+    dec_hparams = decoder_hparams(cfg, targets.shape[1])
+    encoder = EquivGNNEncoder(**enc_hparams).to(device)
+    decoder = EquivDecoder(**dec_hparams).to(device)
+    optimizer, scheduler = make_optimizer(cfg, [*encoder.parameters(), *decoder.parameters()], device)
+    first_epoch, best_val = 0, float("inf")
+    if resume:
+        encoder.load_state_dict(checkpoint["encoder"])
+        decoder.load_state_dict(checkpoint["decoder"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        first_epoch, best_val = checkpoint["epoch"], checkpoint["best_val"]
+        logger.info("resumed from %s after epoch %d (best val %.5f)", out_dir / LAST, first_epoch, best_val)
+    logger.info("encoder %d parameters, average neighbours %.2f; decoder %d parameters",
+                sum(p.numel() for p in encoder.parameters()), avg_neighbors,
+                sum(p.numel() for p in decoder.parameters()))
+
+    for epoch in tqdm(range(first_epoch, cfg.ENC_EPOCHS), desc="epochs", disable=None):
+        start = time.perf_counter()
+        train_loss = float(train_epoch(encoder, decoder, optimizer, structures, targets,
+                                       epoch_order(train_rows, cfg.SEED, epoch), cfg))
+        val_loss, val_groups = evaluate(encoder, decoder, structures, targets, val_rows, cfg)
+        scheduler.step(val_loss)
+        seconds = time.perf_counter() - start
+        logger.info("epoch %4d/%d train %.5f val %.5f [%s] lr %.2e %.1f s %.0f mol/s", epoch + 1, cfg.ENC_EPOCHS,
+                    train_loss, val_loss, " ".join(f"{k} {v:.4f}" for k, v in val_groups.items()),
+                    optimizer.param_groups[0]["lr"], seconds, len(train_rows) / seconds)
+        if val_loss < best_val:
+            best_val = val_loss
+            save_best(out_dir, encoder, decoder, enc_hparams, dec_hparams, (target_mean, target_std),
+                      epoch + 1, val_loss)
+        save_checkpoint(out_dir / LAST, {
+            "encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_val": best_val,
+            "encoder_hparams": enc_hparams, "decoder_hparams": dec_hparams, "config": config_json(cfg)})
+
+    if not (out_dir / BEST_ENCODER).is_file():
+        raise InputError(f"{out_dir}: no best checkpoint; ENC_EPOCHS={cfg.ENC_EPOCHS} trained nothing")
+    best_encoder = load_encoder(out_dir / BEST_ENCODER, device)
+    start = time.perf_counter()
+    latents = extract_latents(best_encoder, structures, cfg.EVAL_BATCH_SIZE)
+    seconds = time.perf_counter() - start
+    logger.info("latents of %d molecules in %.1f s (%.0f mol/s)", len(latents), seconds, len(latents) / seconds)
+    write_latents(out_dir / LATENTS_NAME, latents, arrays["homo_ev"], split, arrays["index"], cfg)
+    logger.info("wrote %s; HOMO mean %.3f eV, std %.3f eV (not used in training)", out_dir / LATENTS_NAME,
+                arrays["homo_ev"].mean(), arrays["homo_ev"].std())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = config_from_args(args)
+    out_dir = prepare_run_dir(args.out_dir or Path(cfg.OUTPUT_DIR) / time.strftime("encoder_%Y%m%d-%H%M%S"))
+    if args.resume and not (out_dir / LAST).is_file():
+        raise InputError(f"{out_dir / LAST}: not found; nothing to resume")
+    logger = get_logger("train_encoder", out_dir / "train.log")
+    write_text(out_dir / "config.json", config_json(cfg))
+    info_name = "run_info.json" if not args.resume else f"run_info_resume_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    write_text(out_dir / info_name, json.dumps(run_metadata(), indent=2))
+    logger.info("run folder %s; config %s", out_dir, json.dumps(vars(cfg), sort_keys=True))
+    train(cfg, out_dir, args.resume, get_device(args.device), logger)
+
+
+if __name__ == "__main__":
+    run_cli(main)
