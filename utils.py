@@ -76,10 +76,12 @@ def r2(y_true, y_pred):
     return float(1.0 - residual / total)
 
 
-def standardize(values, fit_rows):
-    """(values - mean) / std per column of a tensor, with statistics from `fit_rows`; constant
-    columns keep std 1. Returns (standardized, mean, std)."""
+def standardize(values, fit_rows, min_std=0.0):
+    """(values - mean) / std per column of a tensor, with statistics from `fit_rows`; std is raised
+    to at least `min_std` (a number or one per column), and constant columns keep std 1.
+    Returns (standardized, mean, std)."""
     mean, std = values[fit_rows].mean(dim=0), values[fit_rows].std(dim=0)
+    std = torch.maximum(std, torch.as_tensor(min_std, dtype=std.dtype, device=std.device))
     std = torch.where(std > 0, std, torch.ones_like(std))
     return (values - mean) / std, mean, std
 
@@ -106,11 +108,14 @@ def get_logger(name, log_file=None, max_bytes=10_000_000, backup_count=3):
 
 # --- splits ------------------------------------------------------------------------
 
+def check_split_ratios(ratios):
+    if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
+        raise InputError(f"TRAIN_VAL_TEST_SPLIT={tuple(ratios)}: expected three non-negative fractions summing to 1")
+
+
 def train_val_test_split_indices(n, ratios, seed):
     """Disjoint int64 index arrays (train, val, test) covering 0..n-1, shuffled with `seed`."""
-    ratios = tuple(float(r) for r in ratios)
-    if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
-        raise InputError(f"TRAIN_VAL_TEST_SPLIT={ratios}: expected three non-negative fractions summing to 1")
+    check_split_ratios(ratios)
     order = np.random.default_rng(seed).permutation(n).astype(np.int64)
     n_train = int(round(ratios[0] * n))
     n_val = int(round(ratios[1] * n))
@@ -157,11 +162,6 @@ def default_config():
 
 def _coerce(name, value, default):
     """`value` converted to the type of the default of `name`, or an InputError."""
-    if isinstance(value, str) and not isinstance(default, str):
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise InputError(f"{name}={value!r}: not a Python literal") from None
     if default is None:
         ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
     elif isinstance(default, bool):
@@ -205,14 +205,22 @@ def config_from_json(text, source):
     return resolve_config(saved)
 
 
+def _literal(text):
+    """A Python literal (number, list, dict, quoted string...), or the text itself (a path, irreps)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def parse_set_args(pairs):
-    """['NAME=VALUE', ...] from --set into a dict; the value is parsed later against the default's type."""
+    """['NAME=VALUE', ...] from --set into {NAME: value}; resolve_config checks each value's type."""
     overrides = {}
     for pair in pairs or []:
         name, sep, value = pair.partition("=")
         if not sep:
             raise InputError(f"--set {pair!r}: expected NAME=VALUE")
-        overrides[name.strip()] = value.strip()
+        overrides[name.strip()] = _literal(value.strip())
     return overrides
 
 
