@@ -14,7 +14,7 @@ import torch
 from torch_geometric.utils import scatter
 
 from models import ATOMIC_NUMBER, atomic_numbers, radius_graph
-from utils import InputError, atomic_path
+from utils import InputError, atomic_path, standardize
 
 HARTREE_TO_EV = 27.211386246  # CODATA 2018, the factor PyG's QM9 uses
 QM9_CSV_FILES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
@@ -254,3 +254,14 @@ def compute_descriptors(structures, cfg):
         groups = structure_descriptors(structures.types[atoms], structures.pos[atoms], batch, len(chunk), cfg)
         chunks.append(torch.cat(list(groups.values()), dim=1))
     return torch.cat(chunks)
+
+
+def standardize_targets(descriptors, fit_rows, sizes):
+    """Descriptors standardized per column with statistics of `fit_rows`. A column's std is at least
+    a tenth of the root-mean-square column std of its group: nearly empty bins (F-F pairs, distances
+    shorter than any bond) would otherwise put rare molecules hundreds of std away and rule the loss.
+    Returns (standardized, mean, std)."""
+    column_std = descriptors[fit_rows].std(dim=0)
+    floors = [0.1 * group.square().mean().sqrt().expand(len(group))
+              for group in column_std.split(list(sizes.values()))]
+    return standardize(descriptors, fit_rows, min_std=torch.cat(floors))
