@@ -41,7 +41,8 @@ ENC_BATCH_SIZE = 64  # molecules per step
 ENC_EPOCHS = 100  # passes over the training structures; --resume may extend it
 ENC_LR_FACTOR = 0.5  # the learning rate is multiplied by this when validation loss plateaus
 ENC_LR_PATIENCE = 5  # epochs without validation improvement before that happens
-EVAL_BATCH_SIZE = 1024  # molecules per no-grad batch (validation, latents, descriptors): memory only
+ENC_COMPILE = False  # torch.compile each interaction layer: faster steps after a minute or so of compiling
+EVAL_BATCH_SIZE = 256  # molecules per no-grad batch (validation, latents, descriptors); a GPU wants thousands
 
 # --- property head (ResidualMLP on latents) ---------------------------------------
 MLP_HIDDEN_DIM = 256  # width of the residual blocks

@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 import data
 from models import EquivDecoder, EquivGNNEncoder, radius_graph
-from utils import (InputError, atomic_path, config_from_json, config_json, get_device, get_logger,
-                   parse_set_args, prepare_run_dir, resolve_config, run_cli, run_metadata, set_seed, standardize,
+from utils import (InputError, atomic_path, check_split_ratios, config_from_json, config_json, get_device, get_logger,
+                   parse_set_args, prepare_run_dir, resolve_config, run_cli, run_metadata, set_seed,
                    train_val_test_split_indices, write_text)
 
 LATENTS_NAME = "latents_qm9.npz"
@@ -59,6 +59,13 @@ def config_from_args(args):
     if not saved.is_file():
         raise InputError(f"{saved}: not found; --resume needs a run folder written by this script")
     return resolve_config(overrides, base=config_from_json(saved.read_text(), saved))
+
+
+def check_config(cfg):
+    """Fail before any data is read if the settings cannot work: irreps, element symbols, targets, split."""
+    EquivGNNEncoder(**encoder_hparams(cfg, avg_num_neighbors=1.0))
+    data.descriptor_sizes(cfg)
+    check_split_ratios(cfg.TRAIN_VAL_TEST_SPLIT)
 
 
 # --- data and models ---------------------------------------------------------------
@@ -200,7 +207,8 @@ def train(cfg, out_dir, resume, device, logger):
                 len(split[0]), len(split[1]), len(split[2]), len(structures.z), device)
 
     start = time.perf_counter()
-    targets, target_mean, target_std = standardize(data.compute_descriptors(structures, cfg), train_rows)
+    targets, target_mean, target_std = data.standardize_targets(data.compute_descriptors(structures, cfg), train_rows,
+                                                                data.descriptor_sizes(cfg))
     logger.info("descriptor targets %s computed in %.1f s", data.descriptor_sizes(cfg), time.perf_counter() - start)
 
     checkpoint = torch.load(out_dir / LAST, map_location=device, weights_only=True) if resume else None
@@ -209,6 +217,9 @@ def train(cfg, out_dir, resume, device, logger):
     enc_hparams = encoder_hparams(cfg, avg_neighbors)
     dec_hparams = decoder_hparams(cfg, targets.shape[1])
     encoder = EquivGNNEncoder(**enc_hparams).to(device)
+    if cfg.ENC_COMPILE:
+        for layer in encoder.layers:  # the radius graph has data-dependent shapes, so only the layers compile
+            layer.compile(dynamic=True)
     decoder = EquivDecoder(**dec_hparams).to(device)
     optimizer, scheduler = make_optimizer(cfg, [*encoder.parameters(), *decoder.parameters()], device)
     first_epoch, best_val = 0, float("inf")
@@ -257,6 +268,7 @@ def train(cfg, out_dir, resume, device, logger):
 def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_args(args)
+    check_config(cfg)
     out_dir = prepare_run_dir(args.out_dir or Path(cfg.OUTPUT_DIR) / time.strftime("encoder_%Y%m%d-%H%M%S"))
     if args.resume and not (out_dir / LAST).is_file():
         raise InputError(f"{out_dir / LAST}: not found; nothing to resume")
