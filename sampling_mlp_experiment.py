@@ -195,56 +195,71 @@ def train_mlp(model, x, y, x_val, y_val, cfg, seed):
 
 
 class StackedHeads:
-    """H ResidualMLPs as stacked parameters (name -> (H, ...)), called through vmap."""
+    """H ResidualMLPs as one stack of parameters {name: (H, ...)}, evaluated with vmap."""
 
     def __init__(self, seeds, latent_dim, cfg, device, dtype):
         heads = [new_head(seed, latent_dim, cfg).to(device, dtype) for seed in seeds]
-        self.params, _ = torch.func.stack_module_state(heads)
+        self.initial_params, _ = torch.func.stack_module_state(heads)
         self.template = copy.deepcopy(heads[0]).to("meta")
 
     def _call(self, params, x):
         return torch.func.functional_call(self.template, params, (x,))
 
-    def per_head(self, x, params=None):
+    def per_head(self, params, x):
         """x (H, B, d), one batch per head -> (H, B)."""
-        return torch.vmap(self._call)(self.params if params is None else params, x)
+        return torch.vmap(self._call)(params, x)
 
-    def shared(self, x, params=None):
+    def shared(self, params, x):
         """x (B, d), the same batch for every head -> (H, B)."""
-        return torch.vmap(self._call, in_dims=(0, None))(self.params if params is None else params, x)
+        return torch.vmap(self._call, in_dims=(0, None))(params, x)
+
+
+def keep_heads(params, optimizer, keep):
+    """The stacked parameters and Adam state of only the heads where `keep` (H,) is True."""
+    kept = {name: p.detach()[keep].requires_grad_() for name, p in params.items()}
+    kept_optimizer = torch.optim.Adam(kept.values(), lr=optimizer.defaults["lr"])
+    for old, new in zip(params.values(), kept.values()):
+        kept_optimizer.state[new] = {key: value if key == "step" else value[keep]
+                                     for key, value in optimizer.state[old].items()}
+    return kept, kept_optimizer
 
 
 def train_mlp_heads(x, y, x_val, y_val, seeds, cfg):
     """H heads at once, each exactly as train_mlp would train it alone (own init, batch order and
-    early stopping). x (H, N, d), y (H, N) standardized per head; x_val (V, d) shared, y_val (H, V).
-    Returns (best parameters name -> (H, ...), best epoch per head (H,), the StackedHeads)."""
+    early stopping); a head that stops leaves the stack, so no work is spent on it afterwards.
+    x (H, N, d), y (H, N) standardized per head; x_val (V, d) shared, y_val (H, V).
+    Returns (best parameters {name: (H, ...)}, best epoch per head (H,), the StackedHeads)."""
     num_heads, n = y.shape
     heads = StackedHeads(seeds, x.shape[2], cfg, x.device, x.dtype)
-    optimizer = torch.optim.Adam(heads.params.values(), lr=cfg.MLP_LR)
+    params = heads.initial_params
+    optimizer = torch.optim.Adam(params.values(), lr=cfg.MLP_LR)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    best = {name: p.detach().clone() for name, p in heads.params.items()}
+    best = {name: p.detach().clone() for name, p in params.items()}
     best_mae = torch.full((num_heads,), float("inf"), dtype=x.dtype, device=x.device)
     best_epoch = torch.zeros(num_heads, dtype=torch.long, device=x.device)
-    active = torch.ones(num_heads, dtype=torch.bool, device=x.device)
-    head_rows = torch.arange(num_heads, device=x.device)[:, None]
+    live = torch.arange(num_heads, device=x.device)  # heads still training, in stack order
     for epoch in range(1, cfg.MLP_EPOCHS + 1):
-        per_head = [epoch_batches(g, n, cfg.MLP_BATCH_SIZE) for g in generators]
+        per_head = [epoch_batches(generators[h], n, cfg.MLP_BATCH_SIZE) for h in live.tolist()]
         for batch_rows in zip(*per_head):
-            rows = torch.stack(batch_rows).to(x.device)  # (H, B)
-            loss = ((heads.per_head(x[head_rows, rows]) - y[head_rows, rows]) ** 2).mean(dim=1).sum()
+            rows = torch.stack(batch_rows).to(x.device)  # (live heads, B)
+            prediction = heads.per_head(params, x[live[:, None], rows])
+            loss = ((prediction - y[live[:, None], rows]) ** 2).mean(dim=1).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            val_mae = (heads.shared(x_val) - y_val).abs().mean(dim=1)
-        improved = active & (val_mae < best_mae)
-        for name, p in heads.params.items():
-            best[name][improved] = p.detach()[improved]
-        best_mae = torch.where(improved, val_mae, best_mae)
-        best_epoch = torch.where(improved, epoch, best_epoch)
-        active &= epoch - best_epoch < cfg.MLP_PATIENCE
-        if not active.any():
-            break
+            val_mae = (heads.shared(params, x_val) - y_val[live]).abs().mean(dim=1)
+        improved = val_mae < best_mae[live]
+        for name, p in params.items():
+            best[name][live[improved]] = p.detach()[improved]
+        best_mae[live[improved]] = val_mae[improved]
+        best_epoch[live[improved]] = epoch
+        going = epoch - best_epoch[live] < cfg.MLP_PATIENCE
+        if not bool(going.all()):
+            live = live[going]
+            if len(live) == 0:
+                break
+            params, optimizer = keep_heads(params, optimizer, going)
     return best, best_epoch, heads
 
 
@@ -257,7 +272,7 @@ def regression_metrics(y_true, y_pred):
 def eval_mlp(heads, params, x_test, y_test, y_mean, y_std):
     """Metrics of every head on the test set: predictions are y_mean + y_std * head(x), in eV."""
     with torch.no_grad():
-        predictions = y_mean[:, None] + y_std[:, None] * heads.shared(x_test, params)
+        predictions = y_mean[:, None] + y_std[:, None] * heads.shared(params, x_test)
     y_true = y_test.cpu().numpy()
     return [regression_metrics(y_true, p) for p in predictions.cpu().numpy()]
 
@@ -295,7 +310,7 @@ def label_efficiency(ns, random_mae, target_mae):
         high, low = log_mae[i], log_mae[i + 1]
         if high >= target >= low and high > low:
             return float(np.exp(log_n[i] + (high - target) / (high - low) * (log_n[i + 1] - log_n[i])))
-    return float(ns[-1]) if target == log_mae[-1] else float("nan")
+    return float("nan")
 
 
 def summarize(results):
