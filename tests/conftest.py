@@ -1,0 +1,74 @@
+"""Shared fixtures: the QM9 cache (built once per session from the installed qm9pack CSVs),
+small molecules with known geometry, and a run of the encoder script on a few molecules."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import data  # noqa: E402
+import train_encoder_qm9  # noqa: E402
+import utils  # noqa: E402
+
+# Methane: C at the origin, four H on alternate cube corners, C-H = 1.09 Angstrom.
+CH_BOND = 1.09
+METHANE_Z = [6, 1, 1, 1, 1]
+METHANE_POS = np.vstack([[0, 0, 0], CH_BOND / np.sqrt(3) * np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]])])
+HH_DISTANCE = CH_BOND * np.sqrt(8 / 3)
+
+
+@pytest.fixture(scope="session")
+def qm9_root(tmp_path_factory):
+    """A DATA_ROOT holding the QM9 cache, parsed once from the qm9pack CSVs."""
+    root = tmp_path_factory.mktemp("qm9")
+    data.load_qm9(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def qm9_arrays(qm9_root):
+    return data.load_qm9(qm9_root)
+
+
+def random_molecules(sizes, generator, atomic_numbers=(1, 6, 7, 8, 9)):
+    """Random molecules of the given sizes, atoms at least ~0.9 Angstrom apart: (z, pos, batch), float64."""
+    z, pos, batch = [], [], []
+    for molecule, size in enumerate(sizes):
+        points = []
+        while len(points) < size:
+            candidate = torch.rand(3, generator=generator, dtype=torch.float64) * 4.0
+            if all((candidate - p).norm() > 0.9 for p in points):
+                points.append(candidate)
+        pos.append(torch.stack(points))
+        choice = torch.randint(len(atomic_numbers), (size,), generator=generator)
+        z.append(torch.tensor(atomic_numbers)[choice])
+        batch.append(torch.full((size,), molecule))
+    return torch.cat(z), torch.cat(pos), torch.cat(batch)
+
+
+def run_train(argv):
+    """train_encoder_qm9's command line in this process."""
+    train_encoder_qm9.main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="session")
+def small_run(qm9_root, tmp_path_factory):
+    """A finished encoder run on 300 QM9 molecules, 3 epochs."""
+    out = tmp_path_factory.mktemp("small_run")
+    run_train(["--data-root", qm9_root, "--max-molecules", 300, "--epochs", 3, "--batch-size", 32,
+               "--out-dir", out])
+    return out
+
+
+def expect_input_error(capsys, fn, *args):
+    """Run fn through utils.run_cli; check exit status 2 and a one-line message; return the message."""
+    with pytest.raises(SystemExit) as exit_info:
+        utils.run_cli(lambda: fn(*args))
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: ")
+    return message

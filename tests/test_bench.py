@@ -1,0 +1,25 @@
+"""benchmarks/bench.py --quick: every fast path agrees with its baseline. Speed is not asserted."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_bench_agrees(tmp_path):
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, "benchmarks/bench.py", "--quick", "--device", "cpu", "--out", str(out)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    checks = json.loads(out.read_text())["checks"]
+
+    kcenter = checks["k-center greedy"]
+    assert kcenter["same_position"] == kcenter["k"], kcenter
+    assert checks["latent extraction"]["relative_difference"] < 1e-5
+    assert checks["descriptor targets"]["relative_difference"] < 1e-5
+    assert checks["encoder training"]["ok"], checks["encoder training"]
+
+    heads = checks["sampling grid"]
+    assert heads["float64"]["prediction_relative_difference"] < 1e-9, heads
+    assert heads["float64"]["same_best_epoch"] == heads["float64"]["heads"], heads
+    assert heads["float32"]["prediction_relative_difference"] < 1e-2, heads  # rounding drift over the epochs

@@ -1,0 +1,164 @@
+"""Every constant in configs.py changes what the package does: each test changes one and
+watches the model, the targets or the outputs move. A new constant without an entry here fails."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import random_molecules, run_train
+from test_sampling import write_latents
+
+import data
+import sampling_mlp_experiment as sm
+import train_encoder_qm9 as tr
+from utils import default_config, resolve_config
+
+ENCODER_MODEL = {"ATOM_TYPES": ("H", "C", "N", "O", "F", "S"), "ENC_HIDDEN_IRREPS": "8x0e + 8x1o",
+                 "ENC_NUM_LAYERS": 2, "CUTOFF": 3.0, "NUM_RADIAL_BASIS": 4, "RADIAL_HIDDEN_DIM": 16, "LATENT_DIM": 32}
+DESCRIPTORS = {"DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "pair_hist": 1.0}, "DIST_HIST_RANGE": (1.0, 4.0),
+               "DIST_HIST_BINS": 20, "PAIR_HIST_RANGE": (1.0, 2.5), "PAIR_HIST_BINS": 12}
+ENCODER_RUN = {"ENC_LR": 3e-3, "ENC_BATCH_SIZE": 8, "ENC_EPOCHS": 2, "SEED": 1, "TRAIN_VAL_TEST_SPLIT": (0.6, 0.2, 0.2),
+               "MAX_STRUCTURES": 50, "DESCRIPTOR_WEIGHTS": {"atom_counts": 5.0, "distance_hist": 1.0, "pair_hist": 1.0},
+               "DEC_HIDDEN_DIM": 64}
+SAMPLING_RUN = {"MLP_HIDDEN_DIM": 48, "MLP_LAYERS": 1, "MLP_LR": 3e-3, "MLP_EPOCHS": 15, "MLP_BATCH_SIZE": 8,
+                "MLP_PATIENCE": 1, "SAMPLING_NS": [10, 20], "SAMPLING_SEEDS": [0, 2], "SAMPLING_STRATEGIES": ["kcenter"],
+                "KCENTER_STANDARDIZE": False}
+ELSEWHERE = {"DATA_ROOT", "OUTPUT_DIR", "EVAL_BATCH_SIZE", "ENC_LR_FACTOR", "ENC_LR_PATIENCE", "MLP_VAL_SIZE",
+             "ENC_COMPILE"}
+
+
+def test_every_constant_has_a_behaviour_test():
+    covered = set(ENCODER_MODEL) | set(DESCRIPTORS) | set(ENCODER_RUN) | set(SAMPLING_RUN) | ELSEWHERE
+    assert covered == set(vars(default_config()))
+    for name, value in {**ENCODER_MODEL, **DESCRIPTORS, **ENCODER_RUN, **SAMPLING_RUN}.items():
+        assert value != getattr(default_config(), name), name
+
+
+def encoder_output(cfg):
+    torch.manual_seed(0)
+    encoder = tr.EquivGNNEncoder(**tr.encoder_hparams(cfg, avg_num_neighbors=6.0))
+    z, pos, batch = random_molecules([6, 9], torch.Generator().manual_seed(0))
+    return encoder(z, pos.float(), batch).detach()
+
+
+@pytest.mark.parametrize("name", ENCODER_MODEL)
+def test_encoder_settings_change_the_latent(name):
+    before = encoder_output(resolve_config())
+    after = encoder_output(resolve_config({name: ENCODER_MODEL[name]}))
+    assert before.shape != after.shape or not torch.allclose(before, after)
+
+
+def descriptors(cfg):
+    from conftest import METHANE_POS
+    pos = torch.tensor(METHANE_POS)
+    return data.structure_descriptors(torch.tensor([1, 0, 0, 0, 0]), pos, torch.zeros(5, dtype=torch.long), 1, cfg)
+
+
+@pytest.mark.parametrize("name", DESCRIPTORS)
+def test_descriptor_settings_change_the_targets(name):
+    before = torch.cat(list(descriptors(resolve_config()).values()), dim=1)
+    after = torch.cat(list(descriptors(resolve_config({name: DESCRIPTORS[name]})).values()), dim=1)
+    assert before.shape != after.shape or not torch.allclose(before, after)
+
+
+TINY_RUN = ["--max-molecules", 60, "--epochs", 1, "--batch-size", 16, "--set", "EVAL_BATCH_SIZE=32"]
+
+
+def tiny_run(qm9_root, out, *extra):
+    run_train(["--data-root", qm9_root, "--out-dir", out, *TINY_RUN, *extra])
+    with np.load(out / tr.LATENTS_NAME) as npz:
+        return dict(npz)
+
+
+@pytest.fixture(scope="module")
+def tiny_baseline(qm9_root, tmp_path_factory):
+    return tiny_run(qm9_root, tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.mark.parametrize("name", ENCODER_RUN)
+def test_training_settings_change_the_latents_or_split(name, qm9_root, tmp_path, tiny_baseline):
+    changed = tiny_run(qm9_root, tmp_path, "--set", f"{name}={ENCODER_RUN[name]!r}")
+    differs = [key for key in ("z_all", "idx_train", "idx_val") if changed[key].shape != tiny_baseline[key].shape
+               or not np.array_equal(changed[key], tiny_baseline[key])]
+    assert differs
+
+
+def test_eval_batch_size_sets_the_no_grad_batches(qm9_root, tmp_path, monkeypatch):
+    sizes = []
+    forward = tr.EquivGNNEncoder.forward
+
+    def recording_forward(self, z, pos, batch):
+        if not torch.is_grad_enabled():
+            sizes.append(int(batch.max()) + 1)
+        return forward(self, z, pos, batch)
+
+    monkeypatch.setattr(tr.EquivGNNEncoder, "forward", recording_forward)
+    tiny_run(qm9_root, tmp_path / "a", "--set", "EVAL_BATCH_SIZE=7")
+    assert max(sizes) == 7 and sum(sizes) > 60
+
+
+def test_compile_changes_how_the_layers_run_not_what_they_compute(qm9_root, tmp_path):
+    from torch._dynamo.utils import counters
+    one_layer = ("--set", "ENC_NUM_LAYERS=1")  # one layer keeps the compile time of this test short
+    eager = tiny_run(qm9_root, tmp_path / "eager", *one_layer)
+    counters.clear()
+    compiled = tiny_run(qm9_root, tmp_path / "compiled", *one_layer, "--set", "ENC_COMPILE=True")
+    assert counters["stats"]["unique_graphs"] > 0
+    np.testing.assert_allclose(compiled["z_all"], eager["z_all"], rtol=1e-4, atol=1e-4)
+
+
+def test_data_root_and_output_dir_choose_the_folders(tmp_path, capsys):
+    (tmp_path / data.CACHE_NAME).write_bytes(b"not a cache")
+    with pytest.raises(SystemExit):
+        tr.run_cli(lambda: tr.main(["--set", f"DATA_ROOT={str(tmp_path)!r}", "--set",
+                                    f"OUTPUT_DIR={str(tmp_path / 'runs')!r}"]))
+    assert f"{tmp_path / data.CACHE_NAME}: corrupt" in capsys.readouterr().err
+    assert [p.name[:8] for p in (tmp_path / "runs").iterdir()] == ["encoder_"]
+
+
+def test_plateau_settings_decide_when_the_learning_rate_drops():
+    def learning_rates(overrides):
+        cfg = resolve_config(overrides)
+        optimizer, scheduler = tr.make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))], torch.device("cpu"))
+        rates = []
+        for _ in range(8):
+            scheduler.step(1.0)  # a validation loss that never improves
+            rates.append(optimizer.param_groups[0]["lr"])
+        return rates
+
+    default = learning_rates({})
+    assert default == [1e-3] * 6 + [5e-4] * 2
+    assert learning_rates({"ENC_LR_PATIENCE": 2})[3] == 5e-4
+    assert learning_rates({"ENC_LR_FACTOR": 0.1})[-1] == pytest.approx(1e-4)
+
+
+def sampling_run(folder, latents, *extra):
+    fixed = ["--ns", "10", "30", "--seeds", "0", "1", "--strategies", "random", "kcenter", "--set", "MLP_EPOCHS=10",
+             "--set", "MLP_HIDDEN_DIM=32", "--set", "MLP_PATIENCE=3", "--set", "MLP_LR=1e-2"]
+    sm.main(["--latents", str(latents), "--out-dir", str(folder), *fixed, *extra])
+    return pd.read_csv(folder / "results_all.csv").drop(columns="fit_seconds"), (folder / "sampling.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def skewed_latents(tmp_path_factory):
+    """Latents whose dimensions have very different scales, so standardizing them moves the k-center picks."""
+    folder = tmp_path_factory.mktemp("latents")
+    z = np.random.default_rng(0).normal(size=(600, 16)).astype(np.float32) * np.logspace(-2, 2, 16, dtype=np.float32)
+    return write_latents(folder / "latents.npz", z_all=z)
+
+
+@pytest.fixture(scope="module")
+def sampling_baseline(tmp_path_factory, skewed_latents):
+    return sampling_run(tmp_path_factory.mktemp("sampling"), skewed_latents)
+
+
+@pytest.mark.parametrize("name", SAMPLING_RUN)
+def test_sampling_settings_change_the_results(name, tmp_path, skewed_latents, sampling_baseline):
+    value = SAMPLING_RUN[name]
+    changed, _ = sampling_run(tmp_path, skewed_latents, "--set", f"{name}={value!r}")
+    assert changed.shape != sampling_baseline[0].shape or not changed.equals(sampling_baseline[0])
+
+
+def test_mlp_val_size_sets_the_early_stopping_subset(tmp_path, skewed_latents, sampling_baseline):
+    _, log = sampling_run(tmp_path, skewed_latents, "--set", "MLP_VAL_SIZE=25")
+    assert "early-stopping val 25," in log
+    assert "early-stopping val 90," in sampling_baseline[1]  # all of the 90 validation molecules

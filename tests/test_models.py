@@ -1,0 +1,117 @@
+"""Symmetry, graph construction and the property head."""
+import pytest
+import torch
+from conftest import random_molecules
+from e3nn import o3
+
+from models import EquivDecoder, EquivGNNEncoder, ResidualMLP, radius_graph
+from utils import InputError
+
+ATOM_TYPES = ("H", "C", "N", "O", "F")
+
+
+def make_encoder(hidden_irreps="16x0e + 16x1o", num_layers=3, seed=0):
+    torch.manual_seed(seed)
+    encoder = EquivGNNEncoder(ATOM_TYPES, hidden_irreps, num_layers, latent_dim=32, cutoff=3.0,
+                              num_radial_basis=8, radial_hidden_dim=16, avg_num_neighbors=8.0)
+    return encoder.to(torch.float64).eval()
+
+
+@pytest.fixture(scope="module")
+def molecules():
+    return random_molecules([7, 12, 3, 9], torch.Generator().manual_seed(1))
+
+
+def relative_error(a, b):
+    return float(((a - b).norm() / b.norm()).detach())
+
+
+@pytest.mark.parametrize("hidden_irreps", ["16x0e + 16x1o", "8x0e + 4x1o + 4x2e"])
+def test_latent_invariant_to_rotation_reflection_translation(molecules, hidden_irreps):
+    z, pos, batch = molecules
+    encoder = make_encoder(hidden_irreps)
+    reference = encoder(z, pos, batch)
+    generator = torch.Generator().manual_seed(2)
+    for trial in range(3):
+        rotation = o3.rand_matrix(dtype=torch.float64)
+        if trial == 2:
+            rotation = -rotation  # an improper rotation: parity-aware irreps must still give invariants
+        shift = torch.randn(3, generator=generator, dtype=torch.float64) * 5
+        moved = encoder(z, pos @ rotation.T + shift, batch)
+        assert relative_error(moved, reference) < 1e-6
+
+
+def test_latent_invariant_to_atom_permutation(molecules):
+    z, pos, batch = molecules
+    encoder = make_encoder()
+    reference = encoder(z, pos, batch)
+    generator = torch.Generator().manual_seed(3)
+    order = torch.cat([torch.nonzero(batch == m)[:, 0][torch.randperm(int((batch == m).sum()), generator=generator)]
+                       for m in range(int(batch.max()) + 1)])
+    assert relative_error(encoder(z[order], pos[order], batch[order]), reference) < 1e-6
+
+
+def test_molecule_alone_equals_its_row_in_a_batch(molecules):
+    z, pos, batch = molecules
+    encoder = make_encoder()
+    together = encoder(z, pos, batch)
+    for m in range(int(batch.max()) + 1):
+        atoms = batch == m
+        alone = encoder(z[atoms], pos[atoms], torch.zeros(int(atoms.sum()), dtype=torch.long))
+        assert relative_error(alone[0], together[m]) < 1e-10
+
+
+def test_latent_is_not_trivially_constant(molecules):
+    z, pos, batch = molecules
+    latent = make_encoder()(z, pos, batch)
+    assert latent.std(dim=0).min() > 0  # the invariance tests above would pass for a constant map
+    assert torch.linalg.matrix_rank(latent) == len(latent)
+
+
+def test_radius_graph_matches_brute_force():
+    generator = torch.Generator().manual_seed(4)
+    for trial in range(5):
+        sizes = torch.randint(1, 30, (6,), generator=generator).tolist()
+        _, pos, batch = random_molecules(sizes, generator)
+        cutoff = 1.5 + trial
+        edges = radius_graph(pos, batch, cutoff)
+        expected = {(j, i) for i in range(len(pos)) for j in range(len(pos))
+                    if i != j and batch[i] == batch[j] and (pos[i] - pos[j]).norm() < cutoff}
+        found = list(map(tuple, edges.T.tolist()))
+        assert len(found) == len(set(found))
+        assert set(found) == expected
+        assert all(s != t and batch[s] == batch[t] for s, t in found)
+
+
+def test_bad_irreps_are_reported_with_the_value():
+    with pytest.raises(InputError, match="ENC_HIDDEN_IRREPS='16x0q'"):
+        make_encoder("16x0q")
+    with pytest.raises(InputError, match="needs 0e"):
+        make_encoder("8x1o")
+    with pytest.raises(InputError, match="cannot be reached"):
+        make_encoder("8x0e + 8x1e")  # 1e needs 1o x 1o, which a 0e-only first layer cannot make
+
+
+def test_unknown_atom_type_symbol():
+    with pytest.raises(InputError, match="Xx"):
+        EquivGNNEncoder(("H", "Xx"), "4x0e", 1, 8, 3.0, 4, 8, 4.0)
+
+
+def test_decoder_maps_a_latent_to_every_descriptor():
+    decoder = EquivDecoder(latent_dim=32, hidden_dim=16, out_dim=7)
+    assert decoder(torch.randn(5, 32)).shape == (5, 7)
+
+
+def test_residual_mlp_fits_a_smooth_function():
+    torch.manual_seed(0)
+    x = torch.randn(512, 4)
+    y = torch.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2]
+    model = ResidualMLP(latent_dim=4, hidden_dim=64, num_layers=3)
+    assert model(x).shape == (512,)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(600):
+        loss = ((model(x) - y) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < 0.02 * float(y.var())

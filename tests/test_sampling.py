@@ -1,0 +1,218 @@
+"""k-center greedy, the property heads, the statistics and the experiment script end to end."""
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import expect_input_error
+from scipy import stats
+
+import sampling_mlp_experiment as sm
+from utils import InputError, resolve_config
+
+
+def write_latents(path, n=600, dim=16, seed=0, **replace):
+    """A small latents npz whose y (eV) is a smooth function of the latents plus noise."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, dim)).astype(np.float32)
+    y = -6.5 + 0.5 * np.tanh(z[:, 0] + 0.5 * z[:, 1] * z[:, 2]) + 0.02 * rng.normal(size=n)
+    order = rng.permutation(n)
+    arrays = {"z_all": z, "y_all": y, "idx_train": order[: int(0.7 * n)], "idx_val": order[int(0.7 * n): int(0.85 * n)],
+              "idx_test": order[int(0.85 * n):], "qm9_index": np.arange(1, n + 1), "config": np.array("{}")}
+    arrays.update(replace)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+# --- k-center greedy ----------------------------------------------------------------
+
+def brute_force_kcenter(z, k, first):
+    """The textbook greedy on a full distance matrix."""
+    dist = np.linalg.norm(z[:, None] - z[None], axis=-1)
+    picks = [first]
+    while len(picks) < k:
+        picks.append(int(np.argmax(dist[:, picks].min(axis=1))))
+    return picks
+
+
+def covering_radius(z, centres):
+    return np.linalg.norm(z[:, None] - z[None, centres], axis=-1).min(axis=1).max()
+
+
+def test_kcenter_matches_brute_force_and_draws_the_first_centre_from_the_seed():
+    for seed in range(5):
+        z = torch.randn(200, 8, generator=torch.Generator().manual_seed(100 + seed), dtype=torch.float64)
+        picks = sm.kcenter_greedy(z, 25, seed)
+        first = int(torch.randint(200, (), generator=torch.Generator().manual_seed(seed)))
+        assert picks.tolist() == brute_force_kcenter(z.numpy(), 25, first)
+    firsts = {int(sm.kcenter_greedy(z, 1, seed)[0]) for seed in range(20)}
+    assert len(firsts) > 10  # the first centre is not always row 0
+
+
+def test_kcenter_covering_radius_is_within_twice_the_optimum():
+    for trial in range(4):
+        z = np.random.default_rng(trial).normal(size=(11, 2))
+        for k in (2, 3, 4):
+            optimum = min(covering_radius(z, list(c)) for c in itertools.combinations(range(11), k))
+            greedy = covering_radius(z, sm.kcenter_greedy(torch.tensor(z), k, seed=trial).tolist())
+            assert optimum <= greedy <= 2 * optimum + 1e-12
+
+
+def test_kcenter_worked_example_with_a_warm_start():
+    z = torch.tensor([[0.0], [1.0], [5.0], [9.0], [10.0], [0.0]])
+    # from the labelled row 0 (and its duplicate, row 5): 10 is farthest, then 5, then the tie 1 vs 9 goes to row 1
+    assert sm.kcenter_greedy(z, 3, seed=0, already_selected=[0]).tolist() == [4, 2, 1]
+
+
+def test_kcenter_never_repeats_or_returns_warm_start_rows():
+    z = torch.randn(50, 4, generator=torch.Generator().manual_seed(0)).repeat(2, 1)  # every point twice
+    picks = sm.kcenter_greedy(z, 90, seed=1, already_selected=[3, 7, 60])
+    assert len(set(picks.tolist())) == 90
+    assert not {3, 7, 60} & set(picks.tolist())
+    with pytest.raises(InputError, match="cannot pick 98 from 100 rows with 3 already selected"):
+        sm.kcenter_greedy(z, 98, seed=1, already_selected=[3, 7, 60])
+
+
+def test_selection_orders_are_nested_and_seeded():
+    z = torch.randn(300, 6, generator=torch.Generator().manual_seed(0))
+    for strategy in sm.STRATEGIES:
+        long, short = sm.select(strategy, z, 40, seed=3), sm.select(strategy, z, 15, seed=3)
+        assert short.tolist() == long[:15].tolist()
+        assert sm.select(strategy, z, 15, seed=4).tolist() != short.tolist()
+
+
+# --- heads ----------------------------------------------------------------------------
+
+def head_data(num_heads, n, dim=6, seed=0, dtype=torch.float64):
+    """Noisy labels, so that heads overfit and stop early: x (H, n, dim), y (H, n), x_val (80, dim), y_val (H, 80)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_heads, n, dim, generator=generator, dtype=dtype)
+    y = torch.sin(x[..., 0]) + 0.3 * x[..., 1] + 0.5 * torch.randn(num_heads, n, generator=generator, dtype=dtype)
+    x_val = torch.randn(80, dim, generator=generator, dtype=dtype)
+    y_val = (torch.sin(x_val[:, 0]) + 0.3 * x_val[:, 1]).expand(num_heads, -1)
+    return x, y, x_val, y_val
+
+
+SMALL_HEADS = {"MLP_HIDDEN_DIM": 32, "MLP_LAYERS": 2, "MLP_EPOCHS": 40, "MLP_BATCH_SIZE": 16, "MLP_PATIENCE": 5}
+
+
+def test_batched_heads_equal_heads_trained_one_by_one():
+    cfg = resolve_config(SMALL_HEADS)
+    seeds = [0, 1, 2]
+    x, y, x_val, y_val = head_data(3, 40)
+    best, best_epoch, heads = sm.train_mlp_heads(x, y, x_val, y_val, seeds, cfg)
+    batched = heads.shared(best, x_val)
+    for h, seed in enumerate(seeds):
+        model, epoch = sm.train_mlp(sm.new_head(seed, 6, cfg).double(), x[h], y[h], x_val, y_val[h], cfg, seed)
+        assert epoch == int(best_epoch[h])
+        with torch.no_grad():
+            torch.testing.assert_close(batched[h], model(x_val), rtol=1e-9, atol=1e-9)
+    assert len(set(best_epoch.tolist())) > 1  # heads stopped at different epochs
+
+
+def test_early_stopping_restores_the_best_validation_weights():
+    cfg = resolve_config({**SMALL_HEADS, "MLP_PATIENCE": 3})
+    x, y, x_val, _ = head_data(1, 40)
+    y_val = -(torch.sin(x_val[:, 0]) + 0.3 * x_val[:, 1])  # fitting the training set only hurts here
+    model, best_epoch = sm.train_mlp(sm.new_head(0, 6, cfg).double(), x[0], y[0], x_val, y_val, cfg, seed=0)
+    one_epoch = resolve_config({**SMALL_HEADS, "MLP_EPOCHS": best_epoch})
+    reference, _ = sm.train_mlp(sm.new_head(0, 6, cfg).double(), x[0], y[0], x_val, y_val, one_epoch, seed=0)
+    assert best_epoch < cfg.MLP_EPOCHS - cfg.MLP_PATIENCE  # it did stop early
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+def test_label_efficiency_interpolates_in_log_log():
+    ns, random_mae = np.array([10, 100, 1000]), np.array([0.4, 0.2, 0.1])
+    assert sm.label_efficiency(ns, random_mae, 0.2) == pytest.approx(100)
+    assert sm.label_efficiency(ns, random_mae, np.sqrt(0.4 * 0.2)) == pytest.approx(np.sqrt(10 * 100))
+    assert np.isnan(sm.label_efficiency(ns, random_mae, 0.05))
+    assert np.isnan(sm.label_efficiency(ns, random_mae, 0.5))
+
+
+# --- the script ------------------------------------------------------------------------
+
+QUICK = ["--ns", "10", "40", "150", "--seeds", "0", "1", "2", "--set", "MLP_EPOCHS=80", "--set", "MLP_PATIENCE=10",
+         "--set", "MLP_HIDDEN_DIM=64"]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sampling")
+    sm.main(["--latents", str(write_latents(folder / "latents.npz")), "--out-dir", str(folder / "out"), *QUICK])
+    return folder / "out"
+
+
+def test_every_output_is_written_with_complete_rows(experiment):
+    names = {p.name for p in experiment.iterdir()}
+    expected = {"config.json", "run_info.json", "sampling.log", "results_random.csv", "results_latent.csv",
+                "results_all.csv", "summary.csv", "curve_mae.png"}
+    expected |= {f"selected_{s}_seed{k}.npy" for s in sm.STRATEGIES for k in range(3)}
+    assert names == expected
+    results = pd.read_csv(experiment / "results_all.csv")
+    assert len(results) == 2 * 3 * 3 and not results.isna().any().any()
+    assert {"strategy", "n_labels", "seed", "mae", "rmse", "r2", "max_abs_error", "fit_seconds"} <= set(results)
+    assert (pd.read_csv(experiment / "results_latent.csv")["strategy"] == "kcenter").all()
+    selected = np.load(experiment / "selected_kcenter_seed1.npy")
+    assert len(selected) == 150 and len(set(selected)) == 150
+
+
+def test_heads_beat_the_mean_predictor(experiment, tmp_path):
+    results = pd.read_csv(experiment / "results_all.csv")
+    with np.load(write_latents(tmp_path / "same.npz")) as npz:
+        y_train, y_test = npz["y_all"][npz["idx_train"]], npz["y_all"][npz["idx_test"]]
+    mean_predictor = np.abs(y_test - y_train.mean()).mean()
+    assert results[results["n_labels"] == 150]["mae"].max() < 0.6 * mean_predictor
+
+
+def test_summary_equals_a_hand_computation(experiment):
+    results = pd.read_csv(experiment / "results_all.csv")
+    summary = pd.read_csv(experiment / "summary.csv").set_index(["strategy", "n_labels"])
+    random_curve = results[results.strategy == "random"].groupby("n_labels")["mae"].mean()
+    for n in (10, 40, 150):
+        r = results[(results.strategy == "random") & (results.n_labels == n)].sort_values("seed")["mae"].to_numpy()
+        k = results[(results.strategy == "kcenter") & (results.n_labels == n)].sort_values("seed")["mae"].to_numpy()
+        row = summary.loc[("kcenter", n)]
+        assert row["n_seeds"] == 3
+        assert row["mae_mean"] == pytest.approx(k.mean())
+        assert row["mae_std"] == pytest.approx(np.sqrt(((k - k.mean()) ** 2).sum() / 2))
+        diff = k - r
+        se = np.sqrt(((diff - diff.mean()) ** 2).sum() / 2) / np.sqrt(3)
+        assert row["mae_diff_vs_random"] == pytest.approx(diff.mean())
+        assert row["mae_diff_se"] == pytest.approx(se)
+        t = diff.mean() / se
+        assert row["p_value_paired_t"] == pytest.approx(2 * stats.t.sf(abs(t), df=2))
+        expected_n = sm.label_efficiency(random_curve.index.to_numpy(), random_curve.to_numpy(), k.mean())
+        assert row["random_n_equivalent"] == pytest.approx(expected_n, nan_ok=True)
+        assert row["label_efficiency"] == pytest.approx(expected_n / n, nan_ok=True)
+    assert np.isnan(summary.loc[("random", 10), "mae_diff_vs_random"])
+
+
+def test_same_seed_same_numbers(experiment, tmp_path):
+    sm.main(["--latents", str(write_latents(tmp_path / "latents.npz")), "--out-dir", str(tmp_path / "again"), *QUICK])
+    first = pd.read_csv(experiment / "results_all.csv").drop(columns="fit_seconds")
+    again = pd.read_csv(tmp_path / "again" / "results_all.csv").drop(columns="fit_seconds")
+    pd.testing.assert_frame_equal(first, again)
+
+
+@pytest.mark.parametrize("replace, argv, message", [
+    ({}, ["--latents", "nowhere.npz"], "nowhere.npz: latents file not found"),
+    ({"y_all": None, "idx_val": None}, [], "missing keys ['y_all', 'idx_val']; expected ['z_all', 'y_all', "
+                                            "'idx_train', 'idx_val', 'idx_test']"),
+    ({"z_all": np.full((600, 16), np.nan, np.float32)}, [], "z_all has 9600 NaN or infinite values"),
+    ({"idx_test": np.array([0, 1, 2])}, [], "idx_test repeats indices or overlaps another split"),
+    ({"idx_test": np.array([600])}, [], "idx_test has indices outside 0..599"),
+    ({}, ["--ns", "10", "421"], "label budgets [421]: each N must be in 2..420"),
+    ({}, ["--ns", "1", "10"], "label budgets [1]: each N must be in 2..420"),
+    ({}, ["--strategies", "random", "uncertainty"], "strategies ['uncertainty']: expected one or more of"),
+    ({}, ["--set", "SAMPLING_NS=[]"], "the list of label budgets N is empty"),
+])
+def test_bad_input_exits_with_one_line_and_no_csv(capsys, tmp_path, replace, argv, message):
+    latents = write_latents(tmp_path / "latents.npz", **replace)
+    out = tmp_path / "out"
+    args = ["--latents", str(latents), "--out-dir", str(out), *argv]
+    if argv[:1] == ["--latents"]:
+        args = [*argv, "--out-dir", str(out)]
+    assert message in expect_input_error(capsys, sm.main, args)
+    assert not list(out.glob("*.csv")) and not list(out.glob("*.png"))

@@ -1,0 +1,115 @@
+"""Splits, metrics, logging, plots, configs and safe output."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import utils
+from utils import InputError
+
+
+def test_split_is_disjoint_covering_and_seeded():
+    train, val, test = utils.train_val_test_split_indices(1001, (0.8, 0.1, 0.1), seed=7)
+    assert (len(train), len(val), len(test)) == (801, 100, 100)
+    joined = np.concatenate([train, val, test])
+    assert joined.dtype == np.int64 and sorted(joined.tolist()) == list(range(1001))
+    again = utils.train_val_test_split_indices(1001, (0.8, 0.1, 0.1), seed=7)
+    other = utils.train_val_test_split_indices(1001, (0.8, 0.1, 0.1), seed=8)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (train, val, test)))
+    assert not np.array_equal(other[0], train)
+
+
+@pytest.mark.parametrize("ratios", [(0.8, 0.1, 0.2), (0.5, 0.5), (1.2, -0.1, -0.1)])
+def test_split_rejects_ratios_that_are_not_fractions_of_one(ratios):
+    with pytest.raises(InputError, match="TRAIN_VAL_TEST_SPLIT"):
+        utils.train_val_test_split_indices(10, ratios, seed=0)
+
+
+def test_metrics_match_numpy_for_arrays_and_tensors():
+    rng = np.random.default_rng(0)
+    y, p = rng.normal(size=200), rng.normal(size=200)
+    expected = (np.mean(np.abs(y - p)), np.sqrt(np.mean((y - p) ** 2)),
+                1 - np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2))
+    for pair in ((y, p), (torch.tensor(y), torch.tensor(p, dtype=torch.float32))):
+        got = (utils.mae(*pair), utils.rmse(*pair), utils.r2(*pair))
+        assert got == pytest.approx(expected, rel=1e-6)
+    assert utils.r2(y, y) == 1.0 and utils.mae(y, y) == 0.0
+
+
+def test_logger_rotates_its_file(tmp_path):
+    log_file = tmp_path / "run.log"
+    logger = utils.get_logger("rotation-test", log_file, max_bytes=2_000, backup_count=2)
+    for i in range(200):
+        logger.info("line %d with some padding to fill the file", i)
+    assert (tmp_path / "run.log.1").exists() and (tmp_path / "run.log.2").exists()
+    assert not (tmp_path / "run.log.3").exists()
+    assert "line 199" in log_file.read_text()
+    assert len(utils.get_logger("rotation-test", log_file).handlers) == 2  # no duplicated handlers
+
+
+def test_set_seed_repeats_every_generator():
+    def draw():
+        return np.random.rand(), torch.rand(1).item(), __import__("random").random()
+    utils.set_seed(5)
+    first = draw()
+    utils.set_seed(5)
+    assert draw() == first
+
+
+def test_save_learning_curve_writes_a_png(tmp_path):
+    out = tmp_path / "curve.png"
+    ys = {"a": [[1.0, 0.5, 0.3], [1.2, 0.6, 0.2]], "b": [[0.9, 0.4, 0.25]]}
+    utils.save_learning_curve([10, 20, 50], ys, out, hline=(1.1, "mean"))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_config_overrides_are_typed_and_unknown_keys_fail():
+    cfg = utils.resolve_config(utils.parse_set_args(["ENC_LR=3e-4", "SAMPLING_NS=[5, 10]", "MAX_STRUCTURES=100",
+                                                     "ENC_HIDDEN_IRREPS=8x0e+8x1o", "CUTOFF=4"]))
+    assert (cfg.ENC_LR, cfg.SAMPLING_NS, cfg.MAX_STRUCTURES, cfg.ENC_HIDDEN_IRREPS, cfg.CUTOFF) == \
+        (3e-4, [5, 10], 100, "8x0e+8x1o", 4.0)
+    with pytest.raises(InputError, match="unknown config key 'ENC_LRR' \\(did you mean ENC_LR\\?\\)"):
+        utils.resolve_config({"ENC_LRR": 1.0})
+    with pytest.raises(InputError, match="ENC_EPOCHS='ten': expected int, like the default 100"):
+        utils.resolve_config(utils.parse_set_args(["ENC_EPOCHS=ten"]))
+    assert utils.resolve_config(utils.parse_set_args(["DATA_ROOT='/a b'"])).DATA_ROOT == "/a b"
+    with pytest.raises(InputError, match="ENC_EPOCHS=2.5: expected int"):
+        utils.resolve_config({"ENC_EPOCHS": 2.5})
+    with pytest.raises(InputError, match="expected NAME=VALUE"):
+        utils.parse_set_args(["ENC_LR"])
+
+
+def test_config_round_trips_through_json():
+    cfg = utils.resolve_config({"ATOM_TYPES": ["H", "C"], "ENC_EPOCHS": 7})
+    again = utils.config_from_json(utils.config_json(cfg), "test")
+    assert vars(again) == vars(cfg)
+    assert again.ATOM_TYPES == ("H", "C")
+
+
+def test_atomic_path_leaves_nothing_behind_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with utils.atomic_path(target) as tmp:
+            open(tmp, "w").write("half")
+            raise RuntimeError("crash while writing")
+    assert list(tmp_path.iterdir()) == []
+    utils.write_text(target, "whole")
+    assert target.read_text() == "whole" and list(tmp_path.iterdir()) == [target]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_unwritable_output_directory(tmp_path):
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(InputError, match="not writable"):
+            utils.prepare_run_dir(tmp_path / "run")
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_output_directory_under_a_file_is_not_writable(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match=f"output directory {tmp_path / 'file' / 'run'}: not writable"):
+        utils.prepare_run_dir(tmp_path / "file" / "run")
