@@ -220,7 +220,7 @@ def structure_descriptors(types, pos, batch, num_molecules, cfg):
     pair_hist: the same per unordered element pair (H-H, H-C, ...), which sees bond lengths."""
     num_types = len(cfg.ATOM_TYPES)
     reach = max(cfg.DIST_HIST_RANGE[1] + 3 * _bin_width(cfg.DIST_HIST_RANGE, cfg.DIST_HIST_BINS),
-                cfg.PAIR_HIST_RANGE[1] + 3 * _bin_width(cfg.PAIR_HIST_RANGE, cfg.PAIR_HIST_BINS))  # farther pairs add ~0
+                cfg.PAIR_HIST_RANGE[1] + 3 * _bin_width(cfg.PAIR_HIST_RANGE, cfg.PAIR_HIST_BINS))  # farther: ~0
     source, target = radius_graph(pos, batch, reach)
     once = source < target  # each unordered pair once
     source, target = source[once], target[once]

@@ -150,7 +150,10 @@ class EquivGNNEncoder(nn.Module):
         self.latent_out = nn.Linear(latent_dim, latent_dim)
 
     def forward(self, z, pos, batch):
-        edge_index = radius_graph(pos, batch, self.cutoff)
+        return self.encode_graph(z, pos, radius_graph(pos, batch, self.cutoff), batch)
+
+    def encode_graph(self, z, pos, edge_index, batch):
+        """The latent from a graph built elsewhere: edge_index (2, E) as (source, target)."""
         source, target = edge_index
         edge_vec = pos[source] - pos[target]
         edge_sh = o3.spherical_harmonics(self.irreps_sh, edge_vec, normalize=True, normalization="component")

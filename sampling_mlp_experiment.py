@@ -10,7 +10,6 @@ alone. Outputs: per-strategy and combined CSVs, summary.csv with paired statisti
 """
 import argparse
 import copy
-import json
 import time
 import zipfile
 from pathlib import Path
@@ -22,9 +21,8 @@ from scipy import stats
 from tqdm import tqdm
 
 from models import ResidualMLP
-from utils import (InputError, atomic_path, config_json, get_device, get_logger, mae, parse_set_args,
-                   prepare_run_dir, r2, resolve_config, rmse, run_cli, run_metadata, save_learning_curve,
-                   standardize, write_text)
+from utils import (InputError, add_run_arguments, atomic_path, get_device, mae, open_run, overrides_from_args, r2,
+                   resolve_config, rmse, run_cli, save_learning_curve, standardize)
 
 STRATEGIES = ("random", "kcenter")
 RESULT_FILES = {"random": "results_random.csv", "kcenter": "results_latent.csv"}
@@ -36,7 +34,6 @@ REQUIRED_KEYS = ("z_all", "y_all", *INDEX_KEYS)
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latents", type=Path, required=True, help="latents_qm9.npz from train_encoder_qm9.py")
-    parser.add_argument("--out-dir", type=Path, help="run folder (default: OUTPUT_DIR/sampling_<time>)")
     parser.add_argument("--strategies", nargs="+", help=f"override SAMPLING_STRATEGIES, from {STRATEGIES}")
     parser.add_argument("--seeds", nargs="+", type=int, help="override SAMPLING_SEEDS")
     parser.add_argument("--ns", nargs="+", type=int, help="override SAMPLING_NS, the label budgets")
@@ -44,8 +41,7 @@ def parse_args(argv=None):
     parser.add_argument("--mlp-layers", type=int, help="override MLP_LAYERS")
     parser.add_argument("--mlp-lr", type=float, help="override MLP_LR")
     parser.add_argument("--mlp-epochs", type=int, help="override MLP_EPOCHS")
-    parser.add_argument("--set", action="append", metavar="NAME=VALUE", help="override any configs.py constant")
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -53,9 +49,7 @@ def config_from_args(args):
     flags = {"SAMPLING_STRATEGIES": args.strategies, "SAMPLING_SEEDS": args.seeds, "SAMPLING_NS": args.ns,
              "MLP_HIDDEN_DIM": args.mlp_hidden_dim, "MLP_LAYERS": args.mlp_layers, "MLP_LR": args.mlp_lr,
              "MLP_EPOCHS": args.mlp_epochs}
-    overrides = {name: value for name, value in flags.items() if value is not None}
-    overrides.update(parse_set_args(args.set))
-    return resolve_config(overrides)
+    return resolve_config(overrides_from_args(flags, args.set))
 
 
 # --- input validation --------------------------------------------------------------
@@ -362,34 +356,44 @@ def write_outputs(out_dir, results, summary, ns, mean_predictor_mae):
                         hline=(mean_predictor_mae, f"predict the train mean ({mean_predictor_mae:.3f} eV)"))
 
 
-def run_experiment(cfg, latents_path, out_dir, device, logger):
-    arrays = load_latents(latents_path)
+def experiment_inputs(arrays, cfg, device):
+    """Head inputs (x, y) of the pool, the early-stopping subset of val and the test rows, with x the
+    latents standardized by the (unlabelled) pool; and the pool latents that k-center measures."""
     pool = torch.as_tensor(arrays["idx_train"], device=device)
-    ns = check_plan(cfg, len(pool))
-    z_all = torch.as_tensor(arrays["z_all"], dtype=torch.float32, device=device)
-    y_all = torch.as_tensor(arrays["y_all"], dtype=torch.float32, device=device)
     val_rows = arrays["idx_val"]
     if cfg.MLP_VAL_SIZE is not None and cfg.MLP_VAL_SIZE < len(val_rows):
         val_rows = np.random.default_rng(cfg.SEED).choice(val_rows, cfg.MLP_VAL_SIZE, replace=False)
-    val_rows, test_rows = torch.as_tensor(val_rows, device=device), torch.as_tensor(arrays["idx_test"], device=device)
-    x_all = standardize(z_all, pool)[0]  # head inputs: latents scaled by the (unlabelled) pool statistics
-    z_select = x_all[pool] if cfg.KCENTER_STANDARDIZE else z_all[pool]
-    logger.info("latents %s: %d molecules, dim %d; pool %d, early-stopping val %d, test %d; budgets %s",
-                latents_path, len(z_all), z_all.shape[1], len(pool), len(val_rows), len(test_rows), ns)
+    z_all = torch.as_tensor(arrays["z_all"], dtype=torch.float32, device=device)
+    y_all = torch.as_tensor(arrays["y_all"], dtype=torch.float32, device=device)
+    x_all = standardize(z_all, pool)[0]
+    splits = [pool, torch.as_tensor(val_rows, device=device), torch.as_tensor(arrays["idx_test"], device=device)]
+    inputs = tuple(tensor for rows in splits for tensor in (x_all[rows], y_all[rows]))
+    return inputs, x_all[pool] if cfg.KCENTER_STANDARDIZE else z_all[pool]
 
-    plan = [(strategy, seed) for strategy in cfg.SAMPLING_STRATEGIES for seed in cfg.SAMPLING_SEEDS]
+
+def select_all(plan, z_select, n_max, pool_rows, out_dir, logger):
+    """One nested selection to n_max per (strategy, seed), each also saved as npz rows in out_dir."""
     selections = {}
     for strategy, seed in plan:
         start = time.perf_counter()
-        selections[strategy, seed] = select(strategy, z_select, ns[-1], seed)
-        chosen = arrays["idx_train"][selections[strategy, seed].cpu().numpy()]
+        selections[strategy, seed] = select(strategy, z_select, n_max, seed)
         with atomic_path(out_dir / f"selected_{strategy}_seed{seed}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, chosen)
-        logger.info("selected %d with %s, seed %d, in %.2f s", ns[-1], strategy, seed, time.perf_counter() - start)
+            np.save(f, pool_rows[selections[strategy, seed].cpu().numpy()])
+        logger.info("selected %d with %s, seed %d, in %.2f s", n_max, strategy, seed, time.perf_counter() - start)
+    return selections
 
-    mean_predictor_mae = mae(y_all[test_rows], torch.full_like(y_all[test_rows], float(y_all[pool].mean())))
+
+def run_experiment(cfg, latents_path, out_dir, device, logger):
+    arrays = load_latents(latents_path)
+    ns = check_plan(cfg, len(arrays["idx_train"]))
+    inputs, z_select = experiment_inputs(arrays, cfg, device)
+    _, y_pool, x_val, _, _, y_test = inputs
+    logger.info("latents %s: %d molecules, dim %d; pool %d, early-stopping val %d, test %d; budgets %s",
+                latents_path, len(arrays["z_all"]), z_select.shape[1], len(y_pool), len(x_val), len(y_test), ns)
+    plan = [(strategy, seed) for strategy in cfg.SAMPLING_STRATEGIES for seed in cfg.SAMPLING_SEEDS]
+    selections = select_all(plan, z_select, ns[-1], arrays["idx_train"], out_dir, logger)
+    mean_predictor_mae = mae(y_test, torch.full_like(y_test, float(y_pool.mean())))
     logger.info("predicting the train-pool mean gives test MAE %.4f eV", mean_predictor_mae)
-    inputs = (x_all[pool], y_all[pool], x_all[val_rows], y_all[val_rows], x_all[test_rows], y_all[test_rows])
     rows = []
     for n_labels in tqdm(ns, desc="budgets", disable=None):
         rows += fit_budget(n_labels, plan, selections, inputs, cfg, logger)
@@ -404,11 +408,7 @@ def run_experiment(cfg, latents_path, out_dir, device, logger):
 def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_args(args)
-    out_dir = prepare_run_dir(args.out_dir or Path(cfg.OUTPUT_DIR) / time.strftime("sampling_%Y%m%d-%H%M%S"))
-    logger = get_logger("sampling", out_dir / "sampling.log")
-    write_text(out_dir / "config.json", config_json(cfg))
-    write_text(out_dir / "run_info.json", json.dumps({**run_metadata(), "latents": str(args.latents)}, indent=2))
-    logger.info("run folder %s; config %s", out_dir, json.dumps(vars(cfg), sort_keys=True))
+    out_dir, logger = open_run(cfg, args.out_dir, "sampling", "sampling.log", latents=str(args.latents))
     run_experiment(cfg, args.latents, out_dir, get_device(args.device), logger)
 
 

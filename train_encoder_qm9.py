@@ -9,9 +9,7 @@ through an invariant decoder. HOMO energies are read only to be stored beside th
     python train_encoder_qm9.py --out-dir runs/full --resume --epochs 150
 """
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,9 +17,9 @@ from tqdm import tqdm
 
 import data
 from models import EquivDecoder, EquivGNNEncoder, radius_graph
-from utils import (InputError, atomic_path, check_split_ratios, config_from_json, config_json, get_device, get_logger,
-                   parse_set_args, prepare_run_dir, resolve_config, run_cli, run_metadata, set_seed,
-                   train_val_test_split_indices, write_text)
+from utils import (InputError, add_run_arguments, atomic_path, check_split_ratios, config_from_json, config_json,
+                   get_device, open_run, overrides_from_args, resolve_config, run_cli, set_seed,
+                   train_val_test_split_indices)
 
 LATENTS_NAME = "latents_qm9.npz"
 BEST_ENCODER, BEST_DECODER, LAST = "encoder_struct.pt", "decoder_struct.pt", "last.pt"
@@ -29,16 +27,14 @@ BEST_ENCODER, BEST_DECODER, LAST = "encoder_struct.pt", "decoder_struct.pt", "la
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out-dir", type=Path, help="run folder (default: OUTPUT_DIR/encoder_<time>)")
     parser.add_argument("--data-root", help="override DATA_ROOT (where the QM9 cache lives)")
     parser.add_argument("--max-molecules", type=int, help="override MAX_STRUCTURES: a seeded subset")
     parser.add_argument("--epochs", type=int, help="override ENC_EPOCHS (with --resume: train on to this epoch)")
     parser.add_argument("--batch-size", type=int, help="override ENC_BATCH_SIZE")
     parser.add_argument("--lr", type=float, help="override ENC_LR")
     parser.add_argument("--seed", type=int, help="override SEED")
-    parser.add_argument("--set", action="append", metavar="NAME=VALUE", help="override any configs.py constant")
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -46,8 +42,7 @@ def config_from_args(args):
     """The resolved config: configs.py with the flags applied, or the saved config of a resumed run."""
     flags = {"DATA_ROOT": args.data_root, "MAX_STRUCTURES": args.max_molecules, "ENC_EPOCHS": args.epochs,
              "ENC_BATCH_SIZE": args.batch_size, "ENC_LR": args.lr, "SEED": args.seed}
-    overrides = {name: value for name, value in flags.items() if value is not None}
-    overrides.update(parse_set_args(args.set))
+    overrides = overrides_from_args(flags, args.set)
     if not args.resume:
         return resolve_config(overrides)
     if args.out_dir is None:
@@ -269,14 +264,10 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_args(args)
     check_config(cfg)
-    out_dir = prepare_run_dir(args.out_dir or Path(cfg.OUTPUT_DIR) / time.strftime("encoder_%Y%m%d-%H%M%S"))
-    if args.resume and not (out_dir / LAST).is_file():
-        raise InputError(f"{out_dir / LAST}: not found; nothing to resume")
-    logger = get_logger("train_encoder", out_dir / "train.log")
-    write_text(out_dir / "config.json", config_json(cfg))
-    info_name = "run_info.json" if not args.resume else f"run_info_resume_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    write_text(out_dir / info_name, json.dumps(run_metadata(), indent=2))
-    logger.info("run folder %s; config %s", out_dir, json.dumps(vars(cfg), sort_keys=True))
+    if args.resume and not (args.out_dir / LAST).is_file():
+        raise InputError(f"{args.out_dir / LAST}: not found; nothing to resume")
+    info_name = f"run_info_resume_{time.strftime('%Y%m%d-%H%M%S')}.json" if args.resume else "run_info.json"
+    out_dir, logger = open_run(cfg, args.out_dir, "encoder", "train.log", info_name)
     train(cfg, out_dir, args.resume, get_device(args.device), logger)
 
 

@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import time
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from types import SimpleNamespace
@@ -143,6 +144,10 @@ def save_learning_curve(xs, ys_dict, out_png, ylabel="test MAE (eV)", hline=None
         ax.axhline(hline[0], color="gray", linestyle="--", label=hline[1])
     ax.set_xscale("log")
     ax.set_yscale("log")
+    plain = matplotlib.ticker.FormatStrFormatter("%g")  # 0.3 and 100 rather than 3x10^-1 and 10^2
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("labelled molecules N")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
@@ -213,6 +218,20 @@ def _literal(text):
         return text
 
 
+def add_run_arguments(parser):
+    """The options both scripts take: --out-dir, --set and --device."""
+    parser.add_argument("--out-dir", type=Path, help="run folder (default: a new timestamped folder in OUTPUT_DIR)")
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE", help="override any configs.py constant")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
+def overrides_from_args(flags, set_pairs):
+    """{NAME: value} of the named flags that were given ({NAME: value or None}), then of --set."""
+    overrides = {name: value for name, value in flags.items() if value is not None}
+    overrides.update(parse_set_args(set_pairs))
+    return overrides
+
+
 def parse_set_args(pairs):
     """['NAME=VALUE', ...] from --set into {NAME: value}; resolve_config checks each value's type."""
     overrides = {}
@@ -246,6 +265,17 @@ def atomic_path(path):
 def write_text(path, text):
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def open_run(cfg, out_dir, prefix, log_name, info_name="run_info.json", **info):
+    """Start a run: its folder (default OUTPUT_DIR/<prefix>_<time>), logger, config.json and run info
+    (git commit, package versions and `info`). Returns (folder, logger)."""
+    out_dir = prepare_run_dir(out_dir or Path(cfg.OUTPUT_DIR) / time.strftime(f"{prefix}_%Y%m%d-%H%M%S"))
+    logger = get_logger(prefix, out_dir / log_name)
+    write_text(out_dir / "config.json", config_json(cfg))
+    write_text(out_dir / info_name, json.dumps({**run_metadata(), **info}, indent=2))
+    logger.info("run folder %s; config %s", out_dir, json.dumps(vars(cfg), sort_keys=True))
+    return out_dir, logger
 
 
 def prepare_run_dir(out_dir):

@@ -19,7 +19,6 @@ from models import EquivGNNEncoder, gate_for, radius_graph
 from sampling_mlp_experiment import new_head, train_mlp
 from train_encoder_qm9 import group_losses, weighted_total
 
-
 # --- structures as a list of PyG Data objects ----------------------------------------
 
 def molecule_data_list(arrays, targets, cutoff):
@@ -71,19 +70,6 @@ class FullTPEncoder(EquivGNNEncoder):
         )
 
 
-def encode_with_edges(encoder, z, pos, edge_index, batch):
-    """EquivGNNEncoder.forward on a graph built beforehand (the Data-list way): latents (B, latent_dim)."""
-    source, target = edge_index
-    edge_vec = pos[source] - pos[target]
-    edge_sh = o3.spherical_harmonics(encoder.irreps_sh, edge_vec, normalize=True, normalization="component")
-    edge_basis = encoder.radial_basis(edge_vec.norm(dim=1))
-    h = encoder.embedding(encoder.type_index[z])
-    for layer in encoder.layers:
-        h = layer(h, edge_index, edge_sh, edge_basis)
-    atom_features = torch.nn.functional.silu(encoder.atom_readout(h))
-    return encoder.latent_out(scatter(atom_features, batch, dim=0, reduce="sum"))
-
-
 def train_epoch_pyg(encoder, decoder, optimizer, loader, cfg, device):
     """train_encoder_qm9.train_epoch over PyG DataLoader batches; returns the mean weighted loss (0-d tensor)."""
     encoder.train()
@@ -92,7 +78,7 @@ def train_epoch_pyg(encoder, decoder, optimizer, loader, cfg, device):
     total, seen = torch.zeros((), device=device), 0
     for batch in loader:
         batch = batch.to(device)
-        prediction = decoder(encode_with_edges(encoder, batch.z, batch.pos, batch.edge_index, batch.batch))
+        prediction = decoder(encoder.encode_graph(batch.z, batch.pos, batch.edge_index, batch.batch))
         loss = weighted_total(group_losses(prediction, batch.y, sizes), cfg.DESCRIPTOR_WEIGHTS)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -109,7 +95,7 @@ def latents_pyg(encoder, loader, device):
     latents = []
     for batch in loader:
         batch = batch.to(device)
-        latents.append(encode_with_edges(encoder, batch.z, batch.pos, batch.edge_index, batch.batch))
+        latents.append(encoder.encode_graph(batch.z, batch.pos, batch.edge_index, batch.batch))
     return torch.cat(latents).float().cpu().numpy()
 
 

@@ -17,7 +17,8 @@ import utils  # noqa: E402
 # Methane: C at the origin, four H on alternate cube corners, C-H = 1.09 Angstrom.
 CH_BOND = 1.09
 METHANE_Z = [6, 1, 1, 1, 1]
-METHANE_POS = np.vstack([[0, 0, 0], CH_BOND / np.sqrt(3) * np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]])])
+METHANE_POS = np.vstack([[0, 0, 0],
+                         CH_BOND / np.sqrt(3) * np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]])])
 HH_DISTANCE = CH_BOND * np.sqrt(8 / 3)
 
 

@@ -20,8 +20,8 @@ ENCODER_RUN = {"ENC_LR": 3e-3, "ENC_BATCH_SIZE": 8, "ENC_EPOCHS": 2, "SEED": 1, 
                "MAX_STRUCTURES": 50, "DESCRIPTOR_WEIGHTS": {"atom_counts": 5.0, "distance_hist": 1.0, "pair_hist": 1.0},
                "DEC_HIDDEN_DIM": 64}
 SAMPLING_RUN = {"MLP_HIDDEN_DIM": 48, "MLP_LAYERS": 1, "MLP_LR": 3e-3, "MLP_EPOCHS": 15, "MLP_BATCH_SIZE": 8,
-                "MLP_PATIENCE": 1, "SAMPLING_NS": [10, 20], "SAMPLING_SEEDS": [0, 2], "SAMPLING_STRATEGIES": ["kcenter"],
-                "KCENTER_STANDARDIZE": False}
+                "MLP_PATIENCE": 1, "SAMPLING_NS": [10, 20], "SAMPLING_SEEDS": [0, 2],
+                "SAMPLING_STRATEGIES": ["kcenter"], "KCENTER_STANDARDIZE": False}
 ELSEWHERE = {"DATA_ROOT", "OUTPUT_DIR", "EVAL_BATCH_SIZE", "ENC_LR_FACTOR", "ENC_LR_PATIENCE", "MLP_VAL_SIZE",
              "ENC_COMPILE"}
 

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CH_BOND, HH_DISTANCE, METHANE_POS, METHANE_Z
+from conftest import CH_BOND, HH_DISTANCE, METHANE_POS
 
 import data
 from utils import InputError, resolve_config

@@ -77,8 +77,9 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(qm9_root, tmp_p
         for name, tensor in straight[part].items():
             assert torch.equal(tensor, resumed[part][name]), name
     assert straight["optimizer"]["param_groups"][0]["lr"] == resumed["optimizer"]["param_groups"][0]["lr"]
-    with np.load(tmp_path / "straight" / tr.LATENTS_NAME) as a, np.load(tmp_path / "interrupted" / tr.LATENTS_NAME) as b:
-        np.testing.assert_array_equal(a["z_all"], b["z_all"])
+    with np.load(tmp_path / "straight" / tr.LATENTS_NAME) as straight_npz, \
+            np.load(tmp_path / "interrupted" / tr.LATENTS_NAME) as resumed_npz:
+        np.testing.assert_array_equal(straight_npz["z_all"], resumed_npz["z_all"])
     assert [int(m.group(1)) for m in epoch_lines(tmp_path / "interrupted")] == [1, 2, 3, 4]
 
 
@@ -112,7 +113,8 @@ def test_corrupt_cache_exits_with_one_line(capsys, tmp_path):
 
 def test_command_line_exit_status_and_message(tmp_path):
     (tmp_path / "file").write_text("x")
-    done = subprocess.run([sys.executable, str(ROOT / "train_encoder_qm9.py"), "--out-dir", str(tmp_path / "file" / "run")],
+    script = ROOT / "train_encoder_qm9.py"
+    done = subprocess.run([sys.executable, str(script), "--out-dir", str(tmp_path / "file" / "run")],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: output directory {tmp_path / 'file' / 'run'}: not writable "
