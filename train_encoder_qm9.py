@@ -188,42 +188,67 @@ def write_latents(path, latents, y, split, qm9_index, cfg):
                  config=np.array(config_json(cfg)))
 
 
-def train(cfg, out_dir, resume, device, logger):
-    """Steps 3-11: data, targets, models, training with checkpoints, latents, split, npz."""
-    set_seed(cfg.SEED)
+def prepare_data(cfg, device, logger):
+    """Steps 3, 4 and 10: the molecules on the device, their seeded split and standardized targets."""
     arrays = load_structures(cfg)
     structures = data.Structures(arrays, cfg.ATOM_TYPES, device)
     split = train_val_test_split_indices(structures.num_molecules, cfg.TRAIN_VAL_TEST_SPLIT, cfg.SEED)
-    train_rows, val_rows = (torch.as_tensor(s, device=device) for s in split[:2])
-    if len(train_rows) == 0 or len(val_rows) == 0:
+    if min(len(split[0]), len(split[1])) == 0:
         raise InputError(f"{structures.num_molecules} molecules with TRAIN_VAL_TEST_SPLIT="
                          f"{cfg.TRAIN_VAL_TEST_SPLIT} leave an empty train or validation split")
     logger.info("molecules %d (train %d, val %d, test %d), atoms %d, device %s", structures.num_molecules,
                 len(split[0]), len(split[1]), len(split[2]), len(structures.z), device)
-
     start = time.perf_counter()
-    targets, target_mean, target_std = data.standardize_targets(data.compute_descriptors(structures, cfg), train_rows,
-                                                                data.descriptor_sizes(cfg))
-    logger.info("descriptor targets %s computed in %.1f s", data.descriptor_sizes(cfg), time.perf_counter() - start)
+    sizes = data.descriptor_sizes(cfg)
+    targets = data.standardize_targets(data.compute_descriptors(structures, cfg),
+                                       torch.as_tensor(split[0], device=device), sizes)
+    logger.info("descriptor targets %s computed in %.1f s", sizes, time.perf_counter() - start)
+    return arrays, structures, split, targets
 
-    checkpoint = torch.load(out_dir / LAST, map_location=device, weights_only=True) if resume else None
-    avg_neighbors = (checkpoint["encoder_hparams"]["avg_num_neighbors"] if resume else
-                     average_neighbors(structures, train_rows, cfg.CUTOFF, cfg.EVAL_BATCH_SIZE))
-    enc_hparams = encoder_hparams(cfg, avg_neighbors)
-    dec_hparams = decoder_hparams(cfg, targets.shape[1])
+
+def build_models(cfg, enc_hparams, dec_hparams, device, checkpoint):
+    """Step 5: encoder, decoder, optimizer and scheduler, restored from `checkpoint` (last.pt) if given.
+    Returns them with the first epoch to train and the best validation loss so far."""
     encoder = EquivGNNEncoder(**enc_hparams).to(device)
     if cfg.ENC_COMPILE:
         for layer in encoder.layers:  # the radius graph has data-dependent shapes, so only the layers compile
             layer.compile(dynamic=True)
     decoder = EquivDecoder(**dec_hparams).to(device)
     optimizer, scheduler = make_optimizer(cfg, [*encoder.parameters(), *decoder.parameters()], device)
-    first_epoch, best_val = 0, float("inf")
+    if checkpoint is None:
+        return encoder, decoder, optimizer, scheduler, 0, float("inf")
+    encoder.load_state_dict(checkpoint["encoder"])
+    decoder.load_state_dict(checkpoint["decoder"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    return encoder, decoder, optimizer, scheduler, checkpoint["epoch"], checkpoint["best_val"]
+
+
+def export_latents(out_dir, structures, arrays, split, cfg, device, logger):
+    """Steps 8, 9 and 11: latents of every molecule from the best encoder, with HOMO and the split."""
+    if not (out_dir / BEST_ENCODER).is_file():
+        raise InputError(f"{out_dir}: no best checkpoint; ENC_EPOCHS={cfg.ENC_EPOCHS} trained nothing")
+    start = time.perf_counter()
+    latents = extract_latents(load_encoder(out_dir / BEST_ENCODER, device), structures, cfg.EVAL_BATCH_SIZE)
+    seconds = time.perf_counter() - start
+    logger.info("latents of %d molecules in %.1f s (%.0f mol/s)", len(latents), seconds, len(latents) / seconds)
+    write_latents(out_dir / LATENTS_NAME, latents, arrays["homo_ev"], split, arrays["index"], cfg)
+    logger.info("wrote %s; HOMO mean %.3f eV, std %.3f eV (not used in training)", out_dir / LATENTS_NAME,
+                arrays["homo_ev"].mean(), arrays["homo_ev"].std())
+
+
+def train(cfg, out_dir, resume, device, logger):
+    """Steps 3-11: data and targets, models, training with checkpoints (step 6, 7), latents and npz."""
+    set_seed(cfg.SEED)
+    arrays, structures, split, (targets, target_mean, target_std) = prepare_data(cfg, device, logger)
+    train_rows, val_rows = (torch.as_tensor(rows, device=device) for rows in split[:2])
+    checkpoint = torch.load(out_dir / LAST, map_location=device, weights_only=True) if resume else None
+    avg_neighbors = (checkpoint["encoder_hparams"]["avg_num_neighbors"] if resume else
+                     average_neighbors(structures, train_rows, cfg.CUTOFF, cfg.EVAL_BATCH_SIZE))
+    enc_hparams, dec_hparams = encoder_hparams(cfg, avg_neighbors), decoder_hparams(cfg, targets.shape[1])
+    encoder, decoder, optimizer, scheduler, first_epoch, best_val = build_models(cfg, enc_hparams, dec_hparams,
+                                                                                 device, checkpoint)
     if resume:
-        encoder.load_state_dict(checkpoint["encoder"])
-        decoder.load_state_dict(checkpoint["decoder"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        first_epoch, best_val = checkpoint["epoch"], checkpoint["best_val"]
         logger.info("resumed from %s after epoch %d (best val %.5f)", out_dir / LAST, first_epoch, best_val)
     logger.info("encoder %d parameters, average neighbours %.2f; decoder %d parameters",
                 sum(p.numel() for p in encoder.parameters()), avg_neighbors,
@@ -247,17 +272,7 @@ def train(cfg, out_dir, resume, device, logger):
             "encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_val": best_val,
             "encoder_hparams": enc_hparams, "decoder_hparams": dec_hparams, "config": config_json(cfg)})
-
-    if not (out_dir / BEST_ENCODER).is_file():
-        raise InputError(f"{out_dir}: no best checkpoint; ENC_EPOCHS={cfg.ENC_EPOCHS} trained nothing")
-    best_encoder = load_encoder(out_dir / BEST_ENCODER, device)
-    start = time.perf_counter()
-    latents = extract_latents(best_encoder, structures, cfg.EVAL_BATCH_SIZE)
-    seconds = time.perf_counter() - start
-    logger.info("latents of %d molecules in %.1f s (%.0f mol/s)", len(latents), seconds, len(latents) / seconds)
-    write_latents(out_dir / LATENTS_NAME, latents, arrays["homo_ev"], split, arrays["index"], cfg)
-    logger.info("wrote %s; HOMO mean %.3f eV, std %.3f eV (not used in training)", out_dir / LATENTS_NAME,
-                arrays["homo_ev"].mean(), arrays["homo_ev"].std())
+    export_latents(out_dir, structures, arrays, split, cfg, device, logger)
 
 
 def main(argv=None):
