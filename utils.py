@@ -47,7 +47,12 @@ def set_seed(seed):
 
 def get_device(name=None):
     """The named torch device, or CUDA when present, else the CPU. CUDA matmuls use TF32."""
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise InputError(f"--device {name!r}: not a torch device ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name!r}: CUDA is not available here")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -165,24 +170,41 @@ def default_config():
     return SimpleNamespace(**{k: getattr(configs, k) for k in dir(configs) if k.isupper() and not k.startswith("_")})
 
 
-def _coerce(name, value, default):
-    """`value` converted to the type of the default of `name`, or an InputError."""
-    if default is None:
-        ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
-    elif isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, (tuple, list)):
-        ok = isinstance(value, (tuple, list))
-        value = type(default)(value) if ok else value
-    else:
-        ok = isinstance(value, type(default)) and not isinstance(value, bool)
-    if not ok:
-        expected = "None or an int" if default is None else type(default).__name__
-        raise InputError(f"{name}={value!r}: expected {expected}, like the default {default!r}")
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+MAY_BE_ZERO = {"ENC_LR_PATIENCE"}  # 0 is meaningful here: lower the rate after any epoch without improvement
+
+
+def _coerce_scalar(name, value, default):
+    """One value of the type of `default`: ints pass for floats; a number must be positive where
+    the default is (sizes, rates, counts), and non-negative where it is zero (seeds) or in MAY_BE_ZERO."""
+    if isinstance(default, float) and _is_number(value):
+        value = float(value)
+    if type(value) is not type(default):
+        raise InputError(f"{name}={value!r}: expected {type(default).__name__}, like the default {default!r}")
+    if _is_number(default):
+        positive = default > 0 and name not in MAY_BE_ZERO
+        if value < 0 or (positive and value == 0):
+            raise InputError(f"{name}={value!r}: expected a {'positive' if positive else 'non-negative'} number")
     return value
+
+
+def _coerce(name, value, default):
+    """`value` checked against the default of `name` (type, element types, sign), or an InputError."""
+    if default is None:  # an optional count
+        return None if value is None else _coerce_scalar(name, value, 1)
+    if isinstance(default, (tuple, list)):
+        if not isinstance(value, (tuple, list)):
+            raise InputError(f"{name}={value!r}: expected a list, like the default {default!r}")
+        return type(default)(_coerce_scalar(name, item, default[0]) for item in value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise InputError(f"{name}={value!r}: expected a dict, like the default {default!r}")
+        return {key: _coerce_scalar(f"{name}[{key!r}]", weight, next(iter(default.values())))
+                for key, weight in value.items()}
+    return _coerce_scalar(name, value, default)
 
 
 def resolve_config(overrides=None, base=None):
@@ -256,6 +278,8 @@ def atomic_path(path):
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())  # the data is on disk before the name points at it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

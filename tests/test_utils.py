@@ -77,6 +77,15 @@ def test_config_overrides_are_typed_and_unknown_keys_fail():
     assert utils.resolve_config(utils.parse_set_args(["DATA_ROOT='/a b'"])).DATA_ROOT == "/a b"
     with pytest.raises(InputError, match="ENC_EPOCHS=2.5: expected int"):
         utils.resolve_config({"ENC_EPOCHS": 2.5})
+    with pytest.raises(InputError, match="ENC_LR=-0.1: expected a positive number"):
+        utils.resolve_config({"ENC_LR": -0.1})
+    with pytest.raises(InputError, match="SEED=-1: expected a non-negative number"):
+        utils.resolve_config({"SEED": -1})
+    with pytest.raises(InputError, match="SAMPLING_SEEDS=-2: expected a non-negative number"):
+        utils.resolve_config({"SAMPLING_SEEDS": [0, -2]})
+    with pytest.raises(InputError, match="MAX_STRUCTURES=0: expected a positive number"):
+        utils.resolve_config({"MAX_STRUCTURES": 0})
+    assert utils.resolve_config({"ENC_LR_PATIENCE": 0}).ENC_LR_PATIENCE == 0
     with pytest.raises(InputError, match="expected NAME=VALUE"):
         utils.parse_set_args(["ENC_LR"])
 
