@@ -75,6 +75,12 @@ def gate_for(irreps_out):
     return Gate(scalars, activations, gates, [torch.sigmoid] * len(gates), gated)
 
 
+def reachable(irreps_in, irreps_sh, target):
+    """The part of `target` that a tensor product of irreps_in with irreps_sh can produce."""
+    made = {ir_out for _, ir_in in irreps_in for _, ir_sh in irreps_sh for ir_out in ir_in * ir_sh}
+    return o3.Irreps([(mul, ir) for mul, ir in target if ir in made])
+
+
 class PointConvolution(nn.Module):
     """One interaction: h_i <- Gate(Linear(sum_j TP(h_j, Y(r_ij); w(|r_ij|)) / sqrt(n_avg)) + Linear(h_i)).
 
@@ -116,10 +122,11 @@ class EquivGNNEncoder(nn.Module):
     """Structure -> latent (num_graphs, latent_dim), invariant to rotations, reflections,
     translations and atom order.
 
-    Atom types embed as 0e scalars; `num_layers` point convolutions carry `hidden_irreps`
-    (the last keeps only its scalars); each atom's scalars map to latent_dim features
-    (SiLU, so the pooled latent is not confined to a hidden-size subspace), summed per
-    molecule and mixed by a final linear layer."""
+    Atom types embed as 0e scalars. `num_layers` point convolutions follow: each hidden layer
+    carries the part of `hidden_irreps` it can reach (odd parities appear a layer or two in), the
+    last only the 0e scalars. Each atom's scalars map to latent_dim features through a SiLU, so
+    the pooled latent is not confined to a hidden-size subspace; they are summed per molecule and
+    mixed by a final linear layer."""
 
     def __init__(self, atom_types, hidden_irreps, num_layers, latent_dim, cutoff, num_radial_basis,
                  radial_hidden_dim, avg_num_neighbors):
@@ -140,7 +147,14 @@ class EquivGNNEncoder(nn.Module):
         self.register_buffer("type_index", type_index)  # atomic number -> embedding row
         self.embedding = nn.Embedding(len(atom_types), scalars.dim)
         self.radial_basis = RadialBasis(cutoff, num_radial_basis)
-        layer_irreps = [scalars] + [hidden] * (num_layers - 1) + [scalars]
+        layer_irreps = [scalars]  # each hidden layer carries what it can reach of `hidden`, as NequIP does
+        for _ in range(num_layers - 1):
+            layer_irreps.append(reachable(layer_irreps[-1], self.irreps_sh, hidden))
+        layer_irreps.append(scalars)
+        never = sorted({ir for _, ir in hidden} - {ir for irreps in layer_irreps for _, ir in irreps})
+        if never and num_layers > 1:  # a single layer maps scalars to scalars and carries no hidden irreps
+            raise InputError(f"ENC_HIDDEN_IRREPS={hidden_irreps!r}: {never} never appear with ENC_NUM_LAYERS="
+                             f"{num_layers} (from 0e embeddings and harmonics {self.irreps_sh}); add layers")
         self.layers = nn.ModuleList(
             PointConvolution(irreps_in, self.irreps_sh, irreps_out, num_radial_basis, radial_hidden_dim,
                              avg_num_neighbors)

@@ -26,10 +26,11 @@ def relative_error(a, b):
     return float(((a - b).norm() / b.norm()).detach())
 
 
-@pytest.mark.parametrize("hidden_irreps", ["16x0e + 16x1o", "8x0e + 4x1o + 4x2e"])
-def test_latent_invariant_to_rotation_reflection_translation(molecules, hidden_irreps):
+@pytest.mark.parametrize("hidden_irreps, num_layers", [("16x0e + 16x1o", 3), ("8x0e + 4x1o + 4x2e", 3),
+                                                       ("8x0e + 4x0o + 4x1o + 4x1e", 4)])
+def test_latent_invariant_to_rotation_reflection_translation(molecules, hidden_irreps, num_layers):
     z, pos, batch = molecules
-    encoder = make_encoder(hidden_irreps)
+    encoder = make_encoder(hidden_irreps, num_layers)
     reference = encoder(z, pos, batch)
     generator = torch.Generator().manual_seed(2)
     for trial in range(3):
@@ -88,8 +89,16 @@ def test_bad_irreps_are_reported_with_the_value():
         make_encoder("16x0q")
     with pytest.raises(InputError, match="needs 0e"):
         make_encoder("8x1o")
-    with pytest.raises(InputError, match="cannot be reached"):
-        make_encoder("8x0e + 8x1e")  # 1e needs 1o x 1o, which a 0e-only first layer cannot make
+    with pytest.raises(InputError, match="\\[1e\\] never appear with ENC_NUM_LAYERS=3"):
+        make_encoder("8x0e + 8x1e")  # 1e needs 1o x 1o, and 1o is not in the hidden irreps
+    with pytest.raises(InputError, match="\\[0o\\] never appear with ENC_NUM_LAYERS=3"):
+        make_encoder("8x0e + 4x0o + 4x1o + 4x1e")  # 0o needs 1o x 1e, which only a third hidden layer has
+
+
+def test_odd_parity_irreps_appear_layer_by_layer():
+    encoder = make_encoder("8x0e + 4x0o + 4x1o + 4x1e", num_layers=4)
+    assert [str(layer.irreps_out) for layer in encoder.layers] == [
+        "8x0e+4x1o", "8x0e+4x1o+4x1e", "8x0e+4x0o+4x1o+4x1e", "8x0e"]
 
 
 def test_unknown_atom_type_symbol():
