@@ -200,6 +200,15 @@ def descriptor_sizes(cfg):
     return {name: sizes[name] for name in cfg.DESCRIPTOR_WEIGHTS}
 
 
+def check_histogram_settings(cfg):
+    """Each histogram needs at least two bins over an increasing range of two values."""
+    for name in ("DIST_HIST", "PAIR_HIST"):
+        value_range, bins = getattr(cfg, f"{name}_RANGE"), getattr(cfg, f"{name}_BINS")
+        if len(value_range) != 2 or value_range[0] >= value_range[1] or bins < 2:
+            raise InputError(f"{name}_RANGE={value_range}, {name}_BINS={bins}: expected (start, stop) with "
+                             f"start < stop and at least 2 bins")
+
+
 def _bin_width(value_range, bins):
     return (value_range[1] - value_range[0]) / (bins - 1)
 

@@ -9,6 +9,7 @@ through an invariant decoder. HOMO energies are read only to be stored beside th
     python train_encoder_qm9.py --out-dir runs/full --resume --epochs 150
 """
 import argparse
+import math
 import time
 
 import numpy as np
@@ -57,10 +58,14 @@ def config_from_args(args):
 
 
 def check_config(cfg):
-    """Fail before any data is read if the settings cannot work: irreps, element symbols, targets, split."""
+    """Fail before any data is read if the settings cannot work: irreps, element symbols, targets,
+    histogram bins, split and learning-rate schedule (types and signs are checked on loading)."""
     EquivGNNEncoder(**encoder_hparams(cfg, avg_num_neighbors=1.0))
     data.descriptor_sizes(cfg)
+    data.check_histogram_settings(cfg)
     check_split_ratios(cfg.TRAIN_VAL_TEST_SPLIT)
+    if cfg.ENC_LR_FACTOR >= 1:
+        raise InputError(f"ENC_LR_FACTOR={cfg.ENC_LR_FACTOR}: expected a factor below 1")
 
 
 # --- data and models ---------------------------------------------------------------
@@ -123,6 +128,7 @@ def make_optimizer(cfg, params, device):
 def epoch_order(train_rows, seed, epoch):
     """The shuffled training rows of one epoch; a pure function of (seed, epoch), so a resumed run
     sees the same batches as an uninterrupted one."""
+    # a stride above any epoch count keeps the generator seed of every (seed, epoch) distinct
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return train_rows[torch.randperm(len(train_rows), generator=generator).to(train_rows.device)]
 
@@ -176,7 +182,8 @@ def save_best(out_dir, encoder, decoder, enc_hparams, dec_hparams, target_stats,
     common = {"epoch": epoch, "val_loss": val_loss}
     save_checkpoint(out_dir / BEST_ENCODER, {"hparams": enc_hparams, "state_dict": encoder.state_dict(), **common})
     save_checkpoint(out_dir / BEST_DECODER, {"hparams": dec_hparams, "state_dict": decoder.state_dict(),
-                                            "target_mean": target_stats[0], "target_std": target_stats[1], **common})
+                                            "target_mean": target_stats[0].cpu(), "target_std": target_stats[1].cpu(),
+                                            **common})
 
 
 def write_latents(path, latents, y, split, qm9_index, cfg):
@@ -259,6 +266,8 @@ def train(cfg, out_dir, resume, device, logger):
         train_loss = float(train_epoch(encoder, decoder, optimizer, structures, targets,
                                        epoch_order(train_rows, cfg.SEED, epoch), cfg))
         val_loss, val_groups = evaluate(encoder, decoder, structures, targets, val_rows, cfg)
+        if not math.isfinite(val_loss):
+            raise InputError(f"training diverged in epoch {epoch + 1} (validation loss {val_loss}); lower ENC_LR")
         scheduler.step(val_loss)
         seconds = time.perf_counter() - start
         logger.info("epoch %4d/%d train %.5f val %.5f [%s] lr %.2e %.1f s %.0f mol/s", epoch + 1, cfg.ENC_EPOCHS,

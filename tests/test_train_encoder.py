@@ -97,6 +97,11 @@ def test_resume_refuses_other_changes_and_missing_runs(capsys, tmp_path, small_r
     (["--set", "TRAIN_VAL_TEST_SPLIT=(0.7, 0.1, 0.1)"], "TRAIN_VAL_TEST_SPLIT=(0.7, 0.1, 0.1): expected three"),
     (["--set", "ATOM_TYPES=('H', 'C', 'N', 'O')"], "atomic numbers [9] that ATOM_TYPES"),
     (["--set", "NUM_LAYERS=2"], "unknown config key 'NUM_LAYERS' (did you mean ENC_NUM_LAYERS?)"),
+    (["--set", "ENC_LR_FACTOR=1.5"], "ENC_LR_FACTOR=1.5: expected a factor below 1"),
+    (["--set", "DIST_HIST_BINS=1"], "DIST_HIST_RANGE=(0.5, 6.0), DIST_HIST_BINS=1: expected (start, stop)"),
+    (["--set", "PAIR_HIST_RANGE=(3.0, 1.0)"], "PAIR_HIST_RANGE=(3.0, 1.0), PAIR_HIST_BINS=24: expected"),
+    (["--batch-size", "0"], "ENC_BATCH_SIZE=0: expected a positive number"),
+    (["--device", "cuda:7"], "--device 'cuda:7': CUDA is not available here"),
 ])
 def test_bad_settings_exit_with_one_line(capsys, qm9_root, tmp_path, argv, message):
     out = tmp_path / "run"
@@ -119,3 +124,10 @@ def test_command_line_exit_status_and_message(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: output directory {tmp_path / 'file' / 'run'}: not writable "
                                                 f"(Not a directory)"]
+
+
+def test_divergence_is_reported_by_epoch(capsys, qm9_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(tr, "evaluate", lambda *args: (float("nan"), {}))
+    message = expect_input_error(capsys, tr.main, ["--data-root", str(qm9_root), "--out-dir", str(tmp_path),
+                                                   "--max-molecules", "40", "--epochs", "2"])
+    assert message == "error: training diverged in epoch 1 (validation loss nan); lower ENC_LR"
