@@ -24,7 +24,6 @@ from models import ResidualMLP
 from utils import (InputError, add_run_arguments, atomic_path, get_device, mae, open_run, overrides_from_args, r2,
                    resolve_config, rmse, run_cli, save_learning_curve, standardize)
 
-STRATEGIES = ("random", "kcenter")
 RESULT_FILES = {"random": "results_random.csv", "kcenter": "results_latent.csv"}
 CURVE_LABELS = {"random": "random", "kcenter": "k-center on latents"}
 INDEX_KEYS = ("idx_train", "idx_val", "idx_test")
@@ -34,7 +33,7 @@ REQUIRED_KEYS = ("z_all", "y_all", *INDEX_KEYS)
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latents", type=Path, required=True, help="latents_qm9.npz from train_encoder_qm9.py")
-    parser.add_argument("--strategies", nargs="+", help=f"override SAMPLING_STRATEGIES, from {STRATEGIES}")
+    parser.add_argument("--strategies", nargs="+", help=f"override SAMPLING_STRATEGIES, from {list(STRATEGIES)}")
     parser.add_argument("--seeds", nargs="+", type=int, help="override SAMPLING_SEEDS")
     parser.add_argument("--ns", nargs="+", type=int, help="override SAMPLING_NS, the label budgets")
     parser.add_argument("--mlp-hidden-dim", type=int, help="override MLP_HIDDEN_DIM")
@@ -93,6 +92,8 @@ def check_plan(cfg, pool_size):
     unknown = sorted(set(cfg.SAMPLING_STRATEGIES) - set(STRATEGIES))
     if unknown or not cfg.SAMPLING_STRATEGIES:
         raise InputError(f"strategies {unknown or '[]'}: expected one or more of {list(STRATEGIES)}")
+    if len(set(cfg.SAMPLING_STRATEGIES)) != len(cfg.SAMPLING_STRATEGIES):
+        raise InputError(f"strategies {cfg.SAMPLING_STRATEGIES}: a strategy listed twice would count its seeds twice")
     if not cfg.SAMPLING_SEEDS or len(set(cfg.SAMPLING_SEEDS)) != len(cfg.SAMPLING_SEEDS):
         raise InputError(f"seeds {cfg.SAMPLING_SEEDS}: expected one or more distinct integers")
     if not cfg.SAMPLING_NS:
@@ -105,9 +106,10 @@ def check_plan(cfg, pool_size):
 
 # --- selection ---------------------------------------------------------------------
 
-def _distance_to(z, centre):
-    """Euclidean distance of every row of z (n, d) to one point (d,), in one exact pass: (n,)."""
-    return torch.cdist(z, centre[None], compute_mode="donot_use_mm_for_euclid_dist")[:, 0]
+def _nearest_distance(z, centres):
+    """Euclidean distance of every row of z (n, d) to the nearest of centres (c, d), from exact
+    differences in one pass over z: (n,)."""
+    return torch.cdist(z, centres, compute_mode="donot_use_mm_for_euclid_dist").amin(dim=1)
 
 
 def kcenter_greedy(z, n_samples, seed, already_selected=None):
@@ -116,36 +118,37 @@ def kcenter_greedy(z, n_samples, seed, already_selected=None):
     `already_selected` rows are given: then they are the starting centres and are never picked.
     The order is nested: its first k rows answer every smaller budget k. O(n d) per pick, O(n) memory."""
     n = z.shape[0]
-    start = [] if already_selected is None else already_selected
+    start = torch.as_tensor([] if already_selected is None else already_selected, dtype=torch.long, device=z.device)
     if not 1 <= n_samples <= n - len(start):
         raise InputError(f"k-center: cannot pick {n_samples} from {n} rows with {len(start)} already selected")
     min_dist = torch.full((n,), float("inf"), dtype=z.dtype, device=z.device)
-    for row in torch.as_tensor(start, dtype=torch.long, device=z.device):
-        min_dist = torch.minimum(min_dist, _distance_to(z, z[row]))
     if len(start):
-        min_dist[torch.as_tensor(start, device=z.device)] = -1.0  # chosen rows never come back
-        centre = torch.argmax(min_dist)
+        for chunk in start.split(1024):  # the nearest labelled row, a block of them at a time
+            min_dist = torch.minimum(min_dist, _nearest_distance(z, z[chunk]))
+        min_dist[start] = -1.0  # chosen rows never come back
+        centre = torch.argmax(min_dist).view(1)
     else:
-        centre = torch.randint(n, (), generator=torch.Generator().manual_seed(seed)).to(z.device)
+        centre = torch.randint(n, (), generator=torch.Generator().manual_seed(seed)).view(1).to(z.device)
     selected = torch.empty(n_samples, dtype=torch.long, device=z.device)
-    for k in range(n_samples):
-        selected[k] = centre
-        min_dist = torch.minimum(min_dist, _distance_to(z, z[centre]))
-        min_dist[centre] = -1.0
-        centre = torch.argmax(min_dist)
+    for k in range(n_samples):  # `centre` stays a 1-element tensor: no pick waits for the device
+        selected[k:k + 1] = centre
+        min_dist = torch.minimum(min_dist, _nearest_distance(z, z.index_select(0, centre)))
+        min_dist.index_fill_(0, centre, -1.0)
+        centre = torch.argmax(min_dist).view(1)
     return selected
 
 
-def random_selection(pool_size, n_samples, seed, device="cpu"):
-    """A seeded random order of the pool, cut to n_samples; nested like k-center."""
-    order = torch.randperm(pool_size, generator=torch.Generator().manual_seed(seed))
-    return order[:n_samples].to(device)
+def random_selection(z, n_samples, seed):
+    """A seeded random order of the rows of z, cut to n_samples; nested like k-center."""
+    order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
+    return order[:n_samples].to(z.device)
+
+
+STRATEGIES = {"random": random_selection, "kcenter": kcenter_greedy}  # name -> fn(z_pool, n, seed)
 
 
 def select(strategy, z_pool, n_samples, seed):
-    if strategy == "kcenter":
-        return kcenter_greedy(z_pool, n_samples, seed)
-    return random_selection(len(z_pool), n_samples, seed, z_pool.device)
+    return STRATEGIES[strategy](z_pool, n_samples, seed)
 
 
 # --- property heads ----------------------------------------------------------------
@@ -158,7 +161,7 @@ def new_head(seed, latent_dim, cfg):
 
 
 def epoch_batches(generator, n, batch_size):
-    """Shuffled minibatch row indices of one epoch."""
+    """Shuffled minibatch row indices of one epoch (what train_mlp_heads draws per head)."""
     return torch.split(torch.randperm(n, generator=generator), batch_size)
 
 
@@ -211,7 +214,7 @@ class StackedHeads:
 def keep_heads(params, optimizer, keep):
     """The stacked parameters and Adam state of only the heads where `keep` (H,) is True."""
     kept = {name: p.detach()[keep].requires_grad_() for name, p in params.items()}
-    kept_optimizer = torch.optim.Adam(kept.values(), lr=optimizer.defaults["lr"])
+    kept_optimizer = torch.optim.Adam(kept.values(), **optimizer.defaults)
     for old, new in zip(params.values(), kept.values()):
         kept_optimizer.state[new] = {key: value if key == "step" else value[keep]
                                      for key, value in optimizer.state[old].items()}
@@ -233,9 +236,9 @@ def train_mlp_heads(x, y, x_val, y_val, seeds, cfg):
     best_epoch = torch.zeros(num_heads, dtype=torch.long, device=x.device)
     live = torch.arange(num_heads, device=x.device)  # heads still training, in stack order
     for epoch in range(1, cfg.MLP_EPOCHS + 1):
-        per_head = [epoch_batches(generators[h], n, cfg.MLP_BATCH_SIZE) for h in live.tolist()]
-        for batch_rows in zip(*per_head):
-            rows = torch.stack(batch_rows).to(x.device)  # (live heads, B)
+        # each head's own shuffle, as train_mlp draws it; one copy to the device per epoch
+        order = torch.stack([torch.randperm(n, generator=generators[h]) for h in live.tolist()]).to(x.device)
+        for rows in order.split(cfg.MLP_BATCH_SIZE, dim=1):  # (live heads, B)
             prediction = heads.per_head(params, x[live[:, None], rows])
             loss = ((prediction - y[live[:, None], rows]) ** 2).mean(dim=1).sum()
             optimizer.zero_grad(set_to_none=True)
@@ -245,11 +248,12 @@ def train_mlp_heads(x, y, x_val, y_val, seeds, cfg):
             val_mae = (heads.shared(params, x_val) - y_val[live]).abs().mean(dim=1)
         improved = val_mae < best_mae[live]
         for name, p in params.items():
-            best[name][live[improved]] = p.detach()[improved]
-        best_mae[live[improved]] = val_mae[improved]
-        best_epoch[live[improved]] = epoch
+            mask = improved.view(-1, *[1] * (p.dim() - 1))
+            best[name][live] = torch.where(mask, p.detach(), best[name][live])
+        best_mae[live] = torch.where(improved, val_mae, best_mae[live])
+        best_epoch[live] = torch.where(improved, epoch, best_epoch[live])
         going = epoch - best_epoch[live] < cfg.MLP_PATIENCE
-        if not bool(going.all()):
+        if not bool(going.all()):  # the one host sync of an epoch
             live = live[going]
             if len(live) == 0:
                 break
@@ -275,12 +279,10 @@ def eval_mlp(heads, params, x_test, y_test, y_mean, y_std):
 
 def fit_budget(n_labels, plan, selections, inputs, cfg, logger):
     """Train and test every (strategy, seed) head at budget n_labels together; one result row each."""
-    x_pool, y_pool, x_val, y_val, x_test, y_test = inputs
+    (x_pool, y_pool), (x_val, y_val), (x_test, y_test) = inputs["pool"], inputs["val"], inputs["test"]
     chosen = torch.stack([selections[key][:n_labels] for key in plan])  # (H, N) pool rows
     y_chosen = y_pool[chosen]
     y_mean, y_std = y_chosen.mean(dim=1), y_chosen.std(dim=1)
-    if not bool((y_std > 0).all()):
-        raise InputError(f"N={n_labels}: a selection has identical labels, so the head has nothing to fit")
     seeds = [seed for _, seed in plan]
     start = time.perf_counter()
     params, best_epoch, heads = train_mlp_heads(x_pool[chosen], (y_chosen - y_mean[:, None]) / y_std[:, None],
@@ -357,8 +359,8 @@ def write_outputs(out_dir, results, summary, ns, mean_predictor_mae):
 
 
 def experiment_inputs(arrays, cfg, device):
-    """Head inputs (x, y) of the pool, the early-stopping subset of val and the test rows, with x the
-    latents standardized by the (unlabelled) pool; and the pool latents that k-center measures."""
+    """Head inputs {"pool", "val", "test": (x (rows, d), y (rows,))}, with x the latents standardized
+    by the (unlabelled) pool and "val" the early-stopping subset; and the pool latents k-center measures."""
     pool = torch.as_tensor(arrays["idx_train"], device=device)
     val_rows = arrays["idx_val"]
     if cfg.MLP_VAL_SIZE is not None and cfg.MLP_VAL_SIZE < len(val_rows):
@@ -366,8 +368,9 @@ def experiment_inputs(arrays, cfg, device):
     z_all = torch.as_tensor(arrays["z_all"], dtype=torch.float32, device=device)
     y_all = torch.as_tensor(arrays["y_all"], dtype=torch.float32, device=device)
     x_all = standardize(z_all, pool)[0]
-    splits = [pool, torch.as_tensor(val_rows, device=device), torch.as_tensor(arrays["idx_test"], device=device)]
-    inputs = tuple(tensor for rows in splits for tensor in (x_all[rows], y_all[rows]))
+    splits = {"pool": pool, "val": torch.as_tensor(val_rows, device=device),
+              "test": torch.as_tensor(arrays["idx_test"], device=device)}
+    inputs = {name: (x_all[rows], y_all[rows]) for name, rows in splits.items()}
     return inputs, x_all[pool] if cfg.KCENTER_STANDARDIZE else z_all[pool]
 
 
@@ -383,15 +386,24 @@ def select_all(plan, z_select, n_max, pool_rows, out_dir, logger):
     return selections
 
 
-def run_experiment(cfg, latents_path, out_dir, device, logger):
-    arrays = load_latents(latents_path)
-    ns = check_plan(cfg, len(arrays["idx_train"]))
+def check_label_spread(selections, ns, y_pool):
+    """Before any training: every selection's labels vary at every budget, or its head has nothing to fit."""
+    for (strategy, seed), order in selections.items():
+        flat = [n for n in ns if float(y_pool[order[:n]].std()) == 0]
+        if flat:
+            raise InputError(f"{strategy} seed {seed}: the first {flat[0]} selected molecules all have the same "
+                             "label, so a head has nothing to fit")
+
+
+def run_experiment(cfg, arrays, ns, out_dir, device, logger):
+    """Selections, one batched fit per budget, statistics and outputs, for checked latents and budgets."""
     inputs, z_select = experiment_inputs(arrays, cfg, device)
-    _, y_pool, x_val, _, _, y_test = inputs
-    logger.info("latents %s: %d molecules, dim %d; pool %d, early-stopping val %d, test %d; budgets %s",
-                latents_path, len(arrays["z_all"]), z_select.shape[1], len(y_pool), len(x_val), len(y_test), ns)
+    y_pool, y_test = inputs["pool"][1], inputs["test"][1]
+    logger.info("latents: %d molecules, dim %d; pool %d, early-stopping val %d, test %d; budgets %s",
+                len(arrays["z_all"]), z_select.shape[1], len(y_pool), len(inputs["val"][1]), len(y_test), ns)
     plan = [(strategy, seed) for strategy in cfg.SAMPLING_STRATEGIES for seed in cfg.SAMPLING_SEEDS]
     selections = select_all(plan, z_select, ns[-1], arrays["idx_train"], out_dir, logger)
+    check_label_spread(selections, ns, y_pool)
     mean_predictor_mae = mae(y_test, torch.full_like(y_test, float(y_pool.mean())))
     logger.info("predicting the train-pool mean gives test MAE %.4f eV", mean_predictor_mae)
     rows = []
@@ -408,8 +420,11 @@ def run_experiment(cfg, latents_path, out_dir, device, logger):
 def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_args(args)
+    arrays = load_latents(args.latents)  # every input is checked before the run folder exists
+    ns = check_plan(cfg, len(arrays["idx_train"]))
+    device = get_device(args.device)
     out_dir, logger = open_run(cfg, args.out_dir, "sampling", "sampling.log", latents=str(args.latents))
-    run_experiment(cfg, args.latents, out_dir, get_device(args.device), logger)
+    run_experiment(cfg, arrays, ns, out_dir, device, logger)
 
 
 if __name__ == "__main__":

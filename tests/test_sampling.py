@@ -97,8 +97,9 @@ def head_data(num_heads, n, dim=6, seed=0, dtype=torch.float64):
 SMALL_HEADS = {"MLP_HIDDEN_DIM": 32, "MLP_LAYERS": 2, "MLP_EPOCHS": 40, "MLP_BATCH_SIZE": 16, "MLP_PATIENCE": 5}
 
 
-def test_batched_heads_equal_heads_trained_one_by_one():
-    cfg = resolve_config(SMALL_HEADS)
+@pytest.mark.parametrize("patience", [1, 5])
+def test_batched_heads_equal_heads_trained_one_by_one(patience):
+    cfg = resolve_config({**SMALL_HEADS, "MLP_PATIENCE": patience})
     seeds = [0, 1, 2]
     x, y, x_val, y_val = head_data(3, 40)
     best, best_epoch, heads = sm.train_mlp_heads(x, y, x_val, y_val, seeds, cfg)
@@ -111,14 +112,17 @@ def test_batched_heads_equal_heads_trained_one_by_one():
     assert len(set(best_epoch.tolist())) > 1  # heads stopped at different epochs
 
 
-def test_early_stopping_restores_the_best_validation_weights():
+def test_early_stopping_restores_the_best_validation_weights(monkeypatch):
     cfg = resolve_config({**SMALL_HEADS, "MLP_PATIENCE": 3})
     x, y, x_val, _ = head_data(1, 40)
     y_val = -(torch.sin(x_val[:, 0]) + 0.3 * x_val[:, 1])  # fitting the training set only hurts here
+    epochs_run = []
+    draw = sm.epoch_batches
+    monkeypatch.setattr(sm, "epoch_batches", lambda *args: epochs_run.append(1) or draw(*args))
     model, best_epoch = sm.train_mlp(sm.new_head(0, 6, cfg).double(), x[0], y[0], x_val, y_val, cfg, seed=0)
-    one_epoch = resolve_config({**SMALL_HEADS, "MLP_EPOCHS": best_epoch})
-    reference, _ = sm.train_mlp(sm.new_head(0, 6, cfg).double(), x[0], y[0], x_val, y_val, one_epoch, seed=0)
-    assert best_epoch < cfg.MLP_EPOCHS - cfg.MLP_PATIENCE  # it did stop early
+    assert len(epochs_run) == best_epoch + cfg.MLP_PATIENCE < cfg.MLP_EPOCHS  # it stopped, patience epochs on
+    best_only = resolve_config({**SMALL_HEADS, "MLP_EPOCHS": best_epoch})
+    reference, _ = sm.train_mlp(sm.new_head(0, 6, cfg).double(), x[0], y[0], x_val, y_val, best_only, seed=0)
     for name, tensor in reference.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0)
 
@@ -207,12 +211,25 @@ def test_same_seed_same_numbers(experiment, tmp_path):
     ({}, ["--ns", "1", "10"], "label budgets [1]: each N must be in 2..420"),
     ({}, ["--strategies", "random", "uncertainty"], "strategies ['uncertainty']: expected one or more of"),
     ({}, ["--set", "SAMPLING_NS=[]"], "the list of label budgets N is empty"),
+    ({}, ["--strategies", "random", "kcenter", "kcenter"], "a strategy listed twice would count its seeds twice"),
+    ({}, ["--set", "SAMPLING_NS=[10, 20.5]"], "SAMPLING_NS=20.5: expected int"),
+    ({}, ["--set", "MLP_BATCH_SIZE=0"], "MLP_BATCH_SIZE=0: expected a positive number"),
+    ({}, ["--set", "MLP_VAL_SIZE=0"], "MLP_VAL_SIZE=0: expected a positive number"),
+    ({}, ["--ns", "10", "--device", "tpu9"], "--device 'tpu9': not a torch device"),
 ])
-def test_bad_input_exits_with_one_line_and_no_csv(capsys, tmp_path, replace, argv, message):
+def test_bad_input_exits_with_one_line_before_any_output(capsys, tmp_path, replace, argv, message):
     latents = write_latents(tmp_path / "latents.npz", **replace)
     out = tmp_path / "out"
     args = ["--latents", str(latents), "--out-dir", str(out), *argv]
     if argv[:1] == ["--latents"]:
         args = [*argv, "--out-dir", str(out)]
     assert message in expect_input_error(capsys, sm.main, args)
+    assert not out.exists()
+
+
+def test_identical_labels_stop_the_run_before_training_and_without_csv(capsys, tmp_path):
+    latents = write_latents(tmp_path / "latents.npz", y_all=np.full(600, -6.5))
+    out = tmp_path / "out"
+    message = expect_input_error(capsys, sm.main, ["--latents", str(latents), "--out-dir", str(out), *QUICK])
+    assert "the first 10 selected molecules all have the same label" in message
     assert not list(out.glob("*.csv")) and not list(out.glob("*.png"))
