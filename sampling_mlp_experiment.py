@@ -268,27 +268,34 @@ def regression_metrics(y_true, y_pred):
 
 
 def eval_mlp(heads, params, x_test, y_test, y_mean, y_std):
-    """Metrics of every head on the test set: predictions are y_mean + y_std * head(x), in eV."""
+    """Metrics of every head on the test set: predictions are y_mean + y_std * head(x), in eV;
+    y_mean and y_std are (H, 1)."""
     with torch.no_grad():
-        predictions = y_mean[:, None] + y_std[:, None] * heads.shared(params, x_test)
+        predictions = y_mean + y_std * heads.shared(params, x_test)
     y_true = y_test.cpu().numpy()
     return [regression_metrics(y_true, p) for p in predictions.cpu().numpy()]
 
 
 # --- the experiment ----------------------------------------------------------------
 
+def budget_inputs(chosen, inputs):
+    """Head inputs for the chosen pool rows (H, N): x (H, N, d), and y (H, N) and y_val (H, V)
+    standardized per head by its own labels, with that (mean, std), each (H, 1), to map back to eV."""
+    x_pool, y_pool = inputs["pool"]
+    y_chosen = y_pool[chosen]
+    mean, std = y_chosen.mean(dim=1, keepdim=True), y_chosen.std(dim=1, keepdim=True)
+    return x_pool[chosen], (y_chosen - mean) / std, (inputs["val"][1][None] - mean) / std, (mean, std)
+
+
 def fit_budget(n_labels, plan, selections, inputs, cfg, logger):
     """Train and test every (strategy, seed) head at budget n_labels together; one result row each."""
-    (x_pool, y_pool), (x_val, y_val), (x_test, y_test) = inputs["pool"], inputs["val"], inputs["test"]
     chosen = torch.stack([selections[key][:n_labels] for key in plan])  # (H, N) pool rows
-    y_chosen = y_pool[chosen]
-    y_mean, y_std = y_chosen.mean(dim=1), y_chosen.std(dim=1)
+    x, y, y_val, (y_mean, y_std) = budget_inputs(chosen, inputs)
     seeds = [seed for _, seed in plan]
     start = time.perf_counter()
-    params, best_epoch, heads = train_mlp_heads(x_pool[chosen], (y_chosen - y_mean[:, None]) / y_std[:, None],
-                                                x_val, (y_val[None] - y_mean[:, None]) / y_std[:, None], seeds, cfg)
+    params, best_epoch, heads = train_mlp_heads(x, y, inputs["val"][0], y_val, seeds, cfg)
     fit_seconds = (time.perf_counter() - start) / len(plan)
-    metrics = eval_mlp(heads, params, x_test, y_test, y_mean, y_std)
+    metrics = eval_mlp(heads, params, *inputs["test"], y_mean, y_std)
     rows = []
     for (strategy, seed), m, epoch in zip(plan, metrics, best_epoch.tolist()):
         rows.append({"strategy": strategy, "n_labels": n_labels, "seed": seed, **m, "best_epoch": epoch,

@@ -299,15 +299,6 @@ def grid_inputs(grid, latents_path, seed, device, dtype):
     return {name: (x[rows], y[rows]) for name, rows in (("pool", pool), ("val", val), ("test", test))}
 
 
-def budget_inputs(chosen, inputs):
-    """fit_budget's head inputs for chosen pool rows (H, N): x (H, N, d), y (H, N) and y_val (H, V)
-    standardized per head, and the per-head (mean, std) (H,) that map predictions back."""
-    x_pool, y_pool = inputs["pool"]
-    y_chosen = y_pool[chosen]
-    mean, std = y_chosen.mean(dim=1, keepdim=True), y_chosen.std(dim=1, keepdim=True)
-    return x_pool[chosen], (y_chosen - mean) / std, (inputs["val"][1][None] - mean) / std, (mean, std)
-
-
 def head_steps(best_epochs, n_labels, cfg):
     """Training steps each head takes before early stopping ends it, from its best epoch."""
     batches = math.ceil(n_labels / cfg.MLP_BATCH_SIZE)
@@ -323,7 +314,7 @@ def run_grid(grid, inputs, selections, plan, cfg, device):
     per_budget = []
     for n_labels in grid["ns"]:
         chosen = torch.stack([selections[key][:n_labels] for key in plan])
-        x, y, y_val, (mean, std) = budget_inputs(chosen, inputs)
+        x, y, y_val, (mean, std) = sampling.budget_inputs(chosen, inputs)
         fast_seconds, (params, fast_epochs, heads) = timed(
             lambda: sampling.train_mlp_heads(x, y, x_val, y_val, seeds, cfg), device)
         base_seconds, (models, base_epochs) = timed(
