@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch_geometric.utils import scatter
 
-from models import ATOMIC_NUMBER, atomic_numbers, radius_graph
+from models import ATOMIC_NUMBER, atomic_numbers, radius_graph, type_index_table
 from utils import InputError, atomic_path, standardize
 
 HARTREE_TO_EV = 27.211386246  # CODATA 2018, the factor PyG's QM9 uses
@@ -160,9 +160,7 @@ class Structures:
             raise InputError(f"structures contain atomic numbers {extra} that ATOM_TYPES {tuple(atom_types)} lacks")
         self.num_molecules = len(arrays["n_atoms"])
         self.z = torch.as_tensor(arrays["z"].astype(np.int64), device=device)
-        type_of = np.zeros(len(ATOMIC_NUMBER) + 1, dtype=np.int64)
-        type_of[atomic_numbers(atom_types)] = np.arange(len(atom_types))
-        self.types = torch.as_tensor(type_of[arrays["z"]], device=device)  # row of ATOM_TYPES per atom
+        self.types = type_index_table(atom_types).to(device)[self.z]  # row of ATOM_TYPES per atom
         self.pos = torch.as_tensor(arrays["pos"], device=device)
         self.n_atoms = torch.as_tensor(arrays["n_atoms"], device=device)
         self.first_atom = self.n_atoms.cumsum(0) - self.n_atoms

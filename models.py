@@ -32,6 +32,13 @@ def atomic_numbers(atom_types):
     return [ATOMIC_NUMBER[s] for s in atom_types]
 
 
+def type_index_table(atom_types):
+    """Atomic number -> row of `atom_types` (len(PERIODIC_TABLE),), -1 for any other element."""
+    table = torch.full((len(PERIODIC_TABLE),), -1, dtype=torch.long)
+    table[atomic_numbers(atom_types)] = torch.arange(len(atom_types))
+    return table
+
+
 def radius_graph(pos, batch, cutoff):
     """Directed edges (2, E) as (source, target) between distinct atoms of one molecule closer
     than `cutoff`, both directions. Molecules are small, so every pair inside each molecule is
@@ -142,9 +149,7 @@ class EquivGNNEncoder(nn.Module):
             raise InputError(f"ENC_NUM_LAYERS={num_layers}: expected at least 1")
         self.cutoff = cutoff
         self.irreps_sh = o3.Irreps.spherical_harmonics(hidden.lmax)
-        type_index = torch.full((len(PERIODIC_TABLE),), -1, dtype=torch.long)
-        type_index[atomic_numbers(atom_types)] = torch.arange(len(atom_types))
-        self.register_buffer("type_index", type_index)  # atomic number -> embedding row
+        self.register_buffer("type_index", type_index_table(atom_types))  # atomic number -> embedding row
         self.embedding = nn.Embedding(len(atom_types), scalars.dim)
         self.radial_basis = RadialBasis(cutoff, num_radial_basis)
         layer_irreps = [scalars]  # each hidden layer carries what it can reach of `hidden`, as NequIP does
