@@ -120,7 +120,9 @@ class PointConvolution(nn.Module):
 
     def forward(self, h, edge_index, edge_sh, edge_basis):
         source, target = edge_index
-        messages = self.tp(h[source], edge_sh, self.radial(edge_basis))
+        # index_select, not h[source]: on the CPU the backward of h[source] accumulates with atomic adds
+        # whose order, and so float rounding, changes from run to run; index_select's backward does not
+        messages = self.tp(h.index_select(0, source), edge_sh, self.radial(edge_basis))
         summed = scatter(messages, target, dim=0, dim_size=h.shape[0], reduce="sum")
         return self.gate(self.linear(summed * self.neighbor_norm) + self.self_connection(h))
 

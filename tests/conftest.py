@@ -1,7 +1,13 @@
 """Shared fixtures: the QM9 cache (built once per session from the installed qm9pack CSVs),
 small molecules with known geometry, and a run of the encoder script on a few molecules."""
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+# Idle OpenMP threads sleep instead of spinning; read when torch loads, so set before it is imported.
+# Tests that keep every core busy (busy_cores) otherwise run several times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest
@@ -73,3 +79,21 @@ def expect_input_error(capsys, fn, *args):
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith("error: ")
     return message
+
+
+@pytest.fixture
+def busy_cores():
+    """Every core kept busy by another process for the test's duration: thread scheduling then
+    varies from run to run, which is what exposes reductions whose order depends on it."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    yield
+    for spinner in spinners:
+        spinner.kill()
+        spinner.wait()
+
+
+def assert_same_tensors(expected, got, where):
+    """Two state dicts hold bitwise equal tensors under the same names."""
+    assert expected.keys() == got.keys(), where
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, got[name]), f"{where}: {name} differs"

@@ -65,24 +65,6 @@ def test_checkpoints_load_safely_and_reproduce_the_latents(small_run, qm9_root):
         np.testing.assert_allclose(latents, npz["z_all"], rtol=1e-5, atol=1e-5)
 
 
-def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(qm9_root, tmp_path):
-    common = ["--data-root", qm9_root, "--max-molecules", 120, "--batch-size", 16, "--set", "ENC_LR_PATIENCE=0"]
-    run_train([*common, "--epochs", 4, "--out-dir", tmp_path / "straight"])
-    run_train([*common, "--epochs", 2, "--out-dir", tmp_path / "interrupted"])
-    run_train(["--resume", "--epochs", 4, "--out-dir", tmp_path / "interrupted"])
-    straight = torch.load(tmp_path / "straight" / tr.LAST, weights_only=True)
-    resumed = torch.load(tmp_path / "interrupted" / tr.LAST, weights_only=True)
-    assert resumed["epoch"] == straight["epoch"] == 4
-    for part in ("encoder", "decoder"):
-        for name, tensor in straight[part].items():
-            assert torch.equal(tensor, resumed[part][name]), name
-    assert straight["optimizer"]["param_groups"][0]["lr"] == resumed["optimizer"]["param_groups"][0]["lr"]
-    with np.load(tmp_path / "straight" / tr.LATENTS_NAME) as straight_npz, \
-            np.load(tmp_path / "interrupted" / tr.LATENTS_NAME) as resumed_npz:
-        np.testing.assert_array_equal(straight_npz["z_all"], resumed_npz["z_all"])
-    assert [int(m.group(1)) for m in epoch_lines(tmp_path / "interrupted")] == [1, 2, 3, 4]
-
-
 def test_resume_refuses_other_changes_and_missing_runs(capsys, tmp_path, small_run):
     message = expect_input_error(capsys, tr.main, ["--resume", "--lr", "0.1", "--out-dir", str(small_run)])
     assert "only --epochs may change, not ['ENC_LR']" in message
