@@ -5,7 +5,6 @@ Cache arrays (M molecules, A atoms): z (A,) uint8 atomic numbers, pos (A, 3) flo
 n_atoms (M,) int64, homo_ev (M,) float64, index (M,) int64 QM9 `Index` (PyG's idx + 1).
 """
 import importlib.util
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +13,14 @@ import torch
 from torch_geometric.utils import scatter
 
 from models import ATOMIC_NUMBER, atomic_numbers, radius_graph, type_index_table
-from utils import InputError, atomic_path, standardize
+from utils import InputError, atomic_path, load_npz, standardize
 
 HARTREE_TO_EV = 27.211386246  # CODATA 2018, the factor PyG's QM9 uses
 QM9_CSV_FILES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 QM9_COLUMNS = ["Index", "N_atoms", "Elements", "XYZ_Ang", "HOMO_au"]
 CACHE_NAME = "qm9_structures.npz"
 CACHE_DTYPES = {"z": np.uint8, "pos": np.float32, "n_atoms": np.int64, "homo_ev": np.float64, "index": np.int64}
+COINCIDENT_DISTANCE = 0.01  # Angstrom; no two atoms of a real molecule come this close (H-H is 0.74)
 
 
 # --- parsing and the cache ---------------------------------------------------------
@@ -108,8 +108,30 @@ def validate_structures(arrays, source):
     return arrays
 
 
+def check_atom_distances(arrays, source, chunk=8192):
+    """No two atoms of one molecule at (nearly) the same position: the edge between them would have
+    no direction, and the encoder's radial basis would divide by zero."""
+    n_atoms = arrays["n_atoms"]
+    first_atom = np.cumsum(n_atoms) - n_atoms
+    for start in range(0, len(n_atoms), chunk):
+        rows = np.arange(start, min(start + chunk, len(n_atoms)))
+        atoms = slice(first_atom[rows[0]], first_atom[rows[-1]] + n_atoms[rows[-1]])
+        pos = torch.as_tensor(arrays["pos"][atoms], dtype=torch.float64)
+        batch = torch.as_tensor(np.repeat(rows - start, n_atoms[rows]))
+        close = radius_graph(pos, batch, COINCIDENT_DISTANCE)
+        if close.shape[1]:
+            i, j = close[:, 0].tolist()
+            molecule = start + int(batch[i])
+            offset = first_atom[molecule] - first_atom[start]
+            raise InputError(f"{source}: molecule with QM9 Index {arrays['index'][molecule]}: atoms {j - offset} and "
+                             f"{i - offset} (0-based) are {float((pos[i] - pos[j]).norm()):.2g} Angstrom apart; "
+                             f"expected atoms at least {COINCIDENT_DISTANCE} Angstrom apart")
+
+
 def load_qm9(data_root, csv_dir=None):
     """Cache arrays of all QM9 molecules: read from `data_root`, or parsed from the CSVs and cached there."""
+    if Path(data_root).exists() and not Path(data_root).is_dir():
+        raise InputError(f"DATA_ROOT {data_root}: a file, expected a folder for the QM9 cache")
     cache = Path(data_root) / CACHE_NAME
     if not cache.exists():
         arrays = validate_structures(parse_qm9_csvs(csv_dir or qm9pack_csv_dir()), "qm9pack CSVs")
@@ -121,10 +143,9 @@ def load_qm9(data_root, csv_dir=None):
             raise InputError(f"cannot write the QM9 cache {cache} ({err.strerror})") from None
         return arrays
     try:
-        with np.load(cache, allow_pickle=False) as stored:
-            arrays = {key: stored[key] for key in stored.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise InputError(f"{cache}: corrupt QM9 cache ({err}); delete it to rebuild from the CSVs") from None
+        arrays = load_npz(cache, "QM9 cache")
+    except InputError as err:
+        raise InputError(f"{err}; delete it to rebuild the cache from the CSVs") from None
     return validate_structures(arrays, cache)
 
 

@@ -29,6 +29,9 @@ def atomic_numbers(atom_types):
     unknown = [s for s in atom_types if s not in ATOMIC_NUMBER]
     if unknown:
         raise InputError(f"ATOM_TYPES has unknown element symbols {unknown}")
+    repeated = sorted({s for s in atom_types if list(atom_types).count(s) > 1})
+    if repeated:
+        raise InputError(f"ATOM_TYPES lists {repeated} more than once; expected each element once")
     return [ATOMIC_NUMBER[s] for s in atom_types]
 
 

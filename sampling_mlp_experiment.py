@@ -11,7 +11,6 @@ alone. Outputs: per-strategy and combined CSVs, summary.csv with paired statisti
 import argparse
 import copy
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,9 @@ from scipy import stats
 from tqdm import tqdm
 
 from models import ResidualMLP
-from utils import (InputError, add_run_arguments, atomic_path, get_device, mae, open_run, overrides_from_args, r2,
-                   resolve_config, rmse, run_cli, save_learning_curve, standardize)
+from utils import (InputError, add_run_arguments, atomic_path, check_new_run_dir, default_run_dir, get_device,
+                   load_npz, mae, overrides_from_args, r2, resolve_config, rmse, run_cli, run_folder,
+                   save_learning_curve, standardize, start_run)
 
 RESULT_FILES = {"random": "results_random.csv", "kcenter": "results_latent.csv"}
 CURVE_LABELS = {"random": "random", "kcenter": "k-center on latents"}
@@ -55,13 +55,7 @@ def config_from_args(args):
 
 def load_latents(path):
     """The arrays of latents_qm9.npz, checked: keys, shapes, dtypes, finite values, disjoint in-range splits."""
-    if not Path(path).is_file():
-        raise InputError(f"{path}: latents file not found")
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            arrays = {key: stored[key] for key in stored.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise InputError(f"{path}: not a readable npz ({err})") from None
+    arrays = load_npz(path, "latents file")
     missing = [key for key in REQUIRED_KEYS if key not in arrays]
     if missing:
         raise InputError(f"{path}: missing keys {missing}; expected {list(REQUIRED_KEYS)}")
@@ -70,10 +64,16 @@ def load_latents(path):
             or not np.issubdtype(y.dtype, np.floating):
         raise InputError(f"{path}: expected float z_all (M, D) and y_all (M,), got {z.dtype} {z.shape} "
                          f"and {y.dtype} {y.shape}")
+    if z.shape[1] == 0:
+        raise InputError(f"{path}: z_all has no columns; expected latents of one or more dimensions")
     for key in ("z_all", "y_all"):
         bad = int((~np.isfinite(arrays[key])).sum())
         if bad:
             raise InputError(f"{path}: {key} has {bad} NaN or infinite values")
+    largest, limit = float(np.abs(z).max()), max_latent_magnitude(z.shape[1])
+    if largest > limit:
+        raise InputError(f"{path}: z_all reaches {largest:.3g}; expected values below {limit:.3g} in magnitude, so "
+                         "that squared distances between latents stay finite in float32")
     seen = np.zeros(len(z), dtype=bool)
     for key in INDEX_KEYS:
         index = arrays[key]
@@ -84,7 +84,17 @@ def load_latents(path):
         if seen[index].any() or len(np.unique(index)) != len(index):
             raise InputError(f"{path}: {key} repeats indices or overlaps another split")
         seen[index] = True
+        arrays[key] = index.astype(np.int64)  # any integer type on disk; torch indexes with int64
+    test_labels = y[arrays["idx_test"]]
+    if len(test_labels) < 2 or test_labels.min() == test_labels.max():
+        raise InputError(f"{path}: idx_test holds {len(test_labels)} molecules with {len(np.unique(test_labels))} "
+                         "distinct labels; R2 needs at least 2 test molecules with different labels")
     return arrays
+
+
+def max_latent_magnitude(dim):
+    """The largest |z| whose squared distances, up to dim * (2 |z|)^2, fit in float32."""
+    return float(np.sqrt(np.finfo(np.float32).max / (4 * dim)))
 
 
 def check_plan(cfg, pool_size):
@@ -295,6 +305,10 @@ def fit_budget(n_labels, plan, selections, inputs, cfg, logger):
     start = time.perf_counter()
     params, best_epoch, heads = train_mlp_heads(x, y, inputs["val"][0], y_val, seeds, cfg)
     fit_seconds = (time.perf_counter() - start) / len(plan)
+    never = [key for key, epoch in zip(plan, best_epoch.tolist()) if epoch == 0]
+    if never:  # its validation MAE was never finite: an untrained head is no result
+        raise InputError(f"N={n_labels}: the heads of {never} diverged from the first epoch (validation MAE never "
+                         f"finite); lower MLP_LR={cfg.MLP_LR}")
     metrics = eval_mlp(heads, params, *inputs["test"], y_mean, y_std)
     rows = []
     for (strategy, seed), m, epoch in zip(plan, metrics, best_epoch.tolist()):
@@ -430,8 +444,11 @@ def main(argv=None):
     arrays = load_latents(args.latents)  # every input is checked before the run folder exists
     ns = check_plan(cfg, len(arrays["idx_train"]))
     device = get_device(args.device)
-    out_dir, logger = open_run(cfg, args.out_dir, "sampling", "sampling.log", latents=str(args.latents))
-    run_experiment(cfg, arrays, ns, out_dir, device, logger)
+    out_dir = args.out_dir or default_run_dir(cfg, "sampling")
+    check_new_run_dir(out_dir)
+    with run_folder(out_dir):
+        logger = start_run(cfg, out_dir, "sampling", "sampling.log", latents=str(args.latents))
+        run_experiment(cfg, arrays, ns, out_dir, device, logger)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ through an invariant decoder. HOMO energies are read only to be stored beside th
 import argparse
 import math
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -18,9 +20,9 @@ from tqdm import tqdm
 
 import data
 from models import EquivDecoder, EquivGNNEncoder, radius_graph
-from utils import (InputError, add_run_arguments, atomic_path, check_split_ratios, config_from_json, config_json,
-                   get_device, open_run, overrides_from_args, resolve_config, run_cli, set_seed,
-                   train_val_test_split_indices)
+from utils import (InputError, add_run_arguments, atomic_path, check_new_run_dir, check_split_ratios,
+                   config_from_json, config_json, default_run_dir, first_line, get_device, overrides_from_args,
+                   resolve_config, run_cli, run_folder, save_torch, set_seed, start_run, train_val_test_split_indices)
 
 LATENTS_NAME = "latents_qm9.npz"
 BEST_ENCODER, BEST_DECODER, LAST = "encoder_struct.pt", "decoder_struct.pt", "last.pt"
@@ -71,9 +73,10 @@ def check_config(cfg):
 # --- data and models ---------------------------------------------------------------
 
 def load_structures(cfg):
-    """The (subset of) QM9 molecules this run uses, as cache arrays."""
-    arrays = data.load_qm9(cfg.DATA_ROOT)
-    return data.seeded_subset(arrays, cfg.MAX_STRUCTURES, cfg.SEED)
+    """The (subset of) QM9 molecules this run uses, as cache arrays, checked for coincident atoms."""
+    arrays = data.seeded_subset(data.load_qm9(cfg.DATA_ROOT), cfg.MAX_STRUCTURES, cfg.SEED)
+    data.check_atom_distances(arrays, Path(cfg.DATA_ROOT) / data.CACHE_NAME)
+    return arrays
 
 
 def average_neighbors(structures, rows, cutoff, batch_size):
@@ -172,16 +175,11 @@ def extract_latents(encoder, structures, batch_size):
     return torch.cat(latents).float().cpu().numpy()
 
 
-def save_checkpoint(path, payload):
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
 def save_best(out_dir, encoder, decoder, enc_hparams, dec_hparams, target_stats, epoch, val_loss):
     """The best-so-far encoder and decoder, each loadable on its own."""
     common = {"epoch": epoch, "val_loss": val_loss}
-    save_checkpoint(out_dir / BEST_ENCODER, {"hparams": enc_hparams, "state_dict": encoder.state_dict(), **common})
-    save_checkpoint(out_dir / BEST_DECODER, {"hparams": dec_hparams, "state_dict": decoder.state_dict(),
+    save_torch(out_dir / BEST_ENCODER, {"hparams": enc_hparams, "state_dict": encoder.state_dict(), **common})
+    save_torch(out_dir / BEST_DECODER, {"hparams": dec_hparams, "state_dict": decoder.state_dict(),
                                             "target_mean": target_stats[0].cpu(), "target_std": target_stats[1].cpu(),
                                             **common})
 
@@ -195,22 +193,71 @@ def write_latents(path, latents, y, split, qm9_index, cfg):
                  config=np.array(config_json(cfg)))
 
 
-def prepare_data(cfg, device, logger):
-    """Steps 3, 4 and 10: the molecules on the device, their seeded split and standardized targets."""
+def prepare_data(cfg, device):
+    """Steps 3, 4 and 10: the molecules on the device, their seeded split and standardized targets,
+    with every check of the data, so that bad data stops a run before its folder exists."""
     arrays = load_structures(cfg)
     structures = data.Structures(arrays, cfg.ATOM_TYPES, device)
     split = train_val_test_split_indices(structures.num_molecules, cfg.TRAIN_VAL_TEST_SPLIT, cfg.SEED)
-    if min(len(split[0]), len(split[1])) == 0:
-        raise InputError(f"{structures.num_molecules} molecules with TRAIN_VAL_TEST_SPLIT="
-                         f"{cfg.TRAIN_VAL_TEST_SPLIT} leave an empty train or validation split")
-    logger.info("molecules %d (train %d, val %d, test %d), atoms %d, device %s", structures.num_molecules,
-                len(split[0]), len(split[1]), len(split[2]), len(structures.z), device)
+    if len(split[0]) < 2 or len(split[1]) == 0:  # two training molecules at least, to standardize the targets
+        raise InputError(f"{structures.num_molecules} molecules with TRAIN_VAL_TEST_SPLIT={cfg.TRAIN_VAL_TEST_SPLIT} "
+                         f"leave {len(split[0])} for training and {len(split[1])} for validation; expected at "
+                         "least 2 and 1")
     start = time.perf_counter()
     sizes = data.descriptor_sizes(cfg)
-    targets = data.standardize_targets(data.compute_descriptors(structures, cfg),
-                                       torch.as_tensor(split[0], device=device), sizes)
-    logger.info("descriptor targets %s computed in %.1f s", sizes, time.perf_counter() - start)
-    return arrays, structures, split, targets
+    targets, mean, std = data.standardize_targets(data.compute_descriptors(structures, cfg),
+                                                  torch.as_tensor(split[0], device=device), sizes)
+    return SimpleNamespace(arrays=arrays, structures=structures, split=split, targets=targets,
+                           target_stats=(mean, std), descriptor_sizes=sizes,
+                           descriptor_seconds=time.perf_counter() - start)
+
+
+def log_data(prepared, device, logger):
+    structures, split = prepared.structures, prepared.split
+    logger.info("molecules %d (train %d, val %d, test %d), atoms %d, device %s", structures.num_molecules,
+                len(split[0]), len(split[1]), len(split[2]), len(structures.z), device)
+    logger.info("descriptor targets %s computed in %.1f s", prepared.descriptor_sizes, prepared.descriptor_seconds)
+
+
+def neighbors_within_cutoff(prepared, cfg, device):
+    """The encoder's average neighbour count over the training molecules; none at all is an error."""
+    count = average_neighbors(prepared.structures, torch.as_tensor(prepared.split[0], device=device), cfg.CUTOFF,
+                              cfg.EVAL_BATCH_SIZE)
+    if count == 0:
+        raise InputError(f"CUTOFF={cfg.CUTOFF}: no training atom has a neighbour that close; expected a cutoff "
+                         "above the shortest bond length, about 1 Angstrom")
+    return count
+
+
+LAST_KEYS = ("encoder", "decoder", "optimizer", "scheduler", "epoch", "best_val", "encoder_hparams",
+             "decoder_hparams", "config")
+
+
+def load_last(out_dir, cfg, device):
+    """The checkpoint that --resume continues, checked against the run's config.json and --epochs."""
+    path = out_dir / LAST
+    if not path.is_file():
+        raise InputError(f"{path}: not found; nothing to resume")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # a damaged file raises whatever its first bad byte trips: zip, pickle or EOF errors
+        raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first_line(err)})") from None
+    missing = [key for key in LAST_KEYS if key not in checkpoint] if isinstance(checkpoint, dict) else list(LAST_KEYS)
+    if missing:
+        raise InputError(f"{path}: lacks {missing}; expected a {LAST} written by this script")
+    saved = vars(config_from_json(checkpoint["config"], path))
+    changed = sorted(name for name, value in vars(cfg).items() if name != "ENC_EPOCHS" and saved[name] != value)
+    if changed:
+        raise InputError(f"{path}: its settings {changed} differ from {out_dir / 'config.json'}; it is not this "
+                         "run's checkpoint")
+    done = checkpoint["epoch"]
+    if cfg.ENC_EPOCHS < done:
+        raise InputError(f"--epochs {cfg.ENC_EPOCHS}: {out_dir} has already trained {done} epochs; expected more "
+                         "epochs to train on")
+    if cfg.ENC_EPOCHS == done and (out_dir / LATENTS_NAME).is_file():
+        raise InputError(f"{out_dir}: finished, all {done} epochs trained and the latents written; pass --epochs "
+                         f"above {done} to train on")
+    return checkpoint
 
 
 def build_models(cfg, enc_hparams, dec_hparams, device, checkpoint):
@@ -224,10 +271,13 @@ def build_models(cfg, enc_hparams, dec_hparams, device, checkpoint):
     optimizer, scheduler = make_optimizer(cfg, [*encoder.parameters(), *decoder.parameters()], device)
     if checkpoint is None:
         return encoder, decoder, optimizer, scheduler, 0, float("inf")
-    encoder.load_state_dict(checkpoint["encoder"])
-    decoder.load_state_dict(checkpoint["decoder"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
+    try:
+        encoder.load_state_dict(checkpoint["encoder"])
+        decoder.load_state_dict(checkpoint["decoder"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise InputError(f"{LAST}: its weights do not fit the models of the run's config ({first_line(err)})") from None
     return encoder, decoder, optimizer, scheduler, checkpoint["epoch"], checkpoint["best_val"]
 
 
@@ -244,23 +294,20 @@ def export_latents(out_dir, structures, arrays, split, cfg, device, logger):
                 arrays["homo_ev"].mean(), arrays["homo_ev"].std())
 
 
-def train(cfg, out_dir, resume, device, logger):
-    """Steps 3-11: data and targets, models, training with checkpoints (step 6, 7), latents and npz."""
+def train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger):
+    """Steps 5-11: models, training with checkpoints (steps 6, 7), latents and npz."""
     set_seed(cfg.SEED)
-    arrays, structures, split, (targets, target_mean, target_std) = prepare_data(cfg, device, logger)
-    train_rows, val_rows = (torch.as_tensor(rows, device=device) for rows in split[:2])
-    checkpoint = torch.load(out_dir / LAST, map_location=device, weights_only=True) if resume else None
-    avg_neighbors = (checkpoint["encoder_hparams"]["avg_num_neighbors"] if resume else
-                     average_neighbors(structures, train_rows, cfg.CUTOFF, cfg.EVAL_BATCH_SIZE))
-    enc_hparams, dec_hparams = encoder_hparams(cfg, avg_neighbors), decoder_hparams(cfg, targets.shape[1])
+    enc_hparams = encoder_hparams(cfg, avg_neighbors)
+    dec_hparams = decoder_hparams(cfg, prepared.targets.shape[1])
     encoder, decoder, optimizer, scheduler, first_epoch, best_val = build_models(cfg, enc_hparams, dec_hparams,
                                                                                  device, checkpoint)
-    if resume:
+    if checkpoint is not None:
         logger.info("resumed from %s after epoch %d (best val %.5f)", out_dir / LAST, first_epoch, best_val)
     logger.info("encoder %d parameters, average neighbours %.2f; decoder %d parameters",
                 sum(p.numel() for p in encoder.parameters()), avg_neighbors,
                 sum(p.numel() for p in decoder.parameters()))
-
+    train_rows, val_rows = (torch.as_tensor(rows, device=device) for rows in prepared.split[:2])
+    structures, targets = prepared.structures, prepared.targets
     for epoch in tqdm(range(first_epoch, cfg.ENC_EPOCHS), desc="epochs", disable=None):
         start = time.perf_counter()
         train_loss = float(train_epoch(encoder, decoder, optimizer, structures, targets,
@@ -275,24 +322,33 @@ def train(cfg, out_dir, resume, device, logger):
                     optimizer.param_groups[0]["lr"], seconds, len(train_rows) / seconds)
         if val_loss < best_val:
             best_val = val_loss
-            save_best(out_dir, encoder, decoder, enc_hparams, dec_hparams, (target_mean, target_std),
-                      epoch + 1, val_loss)
-        save_checkpoint(out_dir / LAST, {
+            save_best(out_dir, encoder, decoder, enc_hparams, dec_hparams, prepared.target_stats, epoch + 1, val_loss)
+        save_torch(out_dir / LAST, {
             "encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_val": best_val,
             "encoder_hparams": enc_hparams, "decoder_hparams": dec_hparams, "config": config_json(cfg)})
-    export_latents(out_dir, structures, arrays, split, cfg, device, logger)
+    export_latents(out_dir, prepared.structures, prepared.arrays, prepared.split, cfg, device, logger)
 
 
 def main(argv=None):
+    """Every setting and the data are checked before the run folder is made or, on --resume, touched."""
     args = parse_args(argv)
     cfg = config_from_args(args)
     check_config(cfg)
-    if args.resume and not (args.out_dir / LAST).is_file():
-        raise InputError(f"{args.out_dir / LAST}: not found; nothing to resume")
-    info_name = f"run_info_resume_{time.strftime('%Y%m%d-%H%M%S')}.json" if args.resume else "run_info.json"
-    out_dir, logger = open_run(cfg, args.out_dir, "encoder", "train.log", info_name)
-    train(cfg, out_dir, args.resume, get_device(args.device), logger)
+    device = get_device(args.device)
+    out_dir = args.out_dir or default_run_dir(cfg, "encoder")
+    if not args.resume:
+        check_new_run_dir(out_dir)
+    prepared = prepare_data(cfg, device)
+    avg_neighbors = None if args.resume else neighbors_within_cutoff(prepared, cfg, device)
+    with run_folder(out_dir, resume=args.resume):
+        checkpoint = load_last(out_dir, cfg, device) if args.resume else None
+        if checkpoint is not None:
+            avg_neighbors = checkpoint["encoder_hparams"]["avg_num_neighbors"]
+        info_name = f"run_info_resume_{time.strftime('%Y%m%d-%H%M%S')}.json" if args.resume else "run_info.json"
+        logger = start_run(cfg, out_dir, "encoder", "train.log", info_name)
+        log_data(prepared, device, logger)
+        train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger)
 
 
 if __name__ == "__main__":

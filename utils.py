@@ -2,9 +2,12 @@
 import ast
 import contextlib
 import difflib
+import fcntl
 import importlib.metadata
+import io
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -12,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from types import SimpleNamespace
@@ -53,6 +57,10 @@ def get_device(name=None):
         raise InputError(f"--device {name!r}: not a torch device ({err})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name!r}: CUDA is not available here")
+    try:  # a device that exists but cannot hold and return data (meta, an absent backend) fails here
+        torch.ones(2, device=device).sum().item()
+    except (RuntimeError, NotImplementedError) as err:
+        raise InputError(f"--device {name!r}: cannot hold data ({first_line(err)})") from None
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -60,6 +68,11 @@ def get_device(name=None):
 
 
 # --- metrics (numpy arrays or torch tensors in, Python floats out) -----------------
+
+def first_line(err):
+    """The first line of an exception's message, for one-line errors."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
 
 def _as_float64(x):
     if isinstance(x, torch.Tensor):
@@ -175,15 +188,22 @@ def _is_number(value):
 
 
 MAY_BE_ZERO = {"ENC_LR_PATIENCE"}  # 0 is meaningful here: lower the rate after any epoch without improvement
+SEED_KEYS = {"SEED", "SAMPLING_SEEDS"}
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which set_seed uses, takes no larger seed
 
 
 def _coerce_scalar(name, value, default):
-    """One value of the type of `default`: ints pass for floats; a number must be positive where
-    the default is (sizes, rates, counts), and non-negative where it is zero (seeds) or in MAY_BE_ZERO."""
+    """One value of the type of `default`: ints pass for floats; a number must be finite, positive
+    where the default is (sizes, rates, counts), non-negative where it is zero or in MAY_BE_ZERO,
+    and a seed at most MAX_SEED."""
     if isinstance(default, float) and _is_number(value):
         value = float(value)
     if type(value) is not type(default):
         raise InputError(f"{name}={value!r}: expected {type(default).__name__}, like the default {default!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{name}={value!r}: expected a finite number")
+    if name in SEED_KEYS and not 0 <= value <= MAX_SEED:
+        raise InputError(f"{name}={value!r}: expected a seed in 0..{MAX_SEED}")
     if _is_number(default):
         positive = default > 0 and name not in MAY_BE_ZERO
         if value < 0 or (positive and value == 0):
@@ -271,35 +291,118 @@ def config_json(cfg):
 
 # --- run folders and safe file output ----------------------------------------------
 
+TEMPORARY_SUFFIX = ".tmp"
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; on success rename it over `path`, on error delete it."""
+    """Yield a temporary path beside `path`; on success rename it over `path`, on error delete it,
+    so `path` is either the old file or the whole new one. A failed write (a full disk) is an
+    InputError naming `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
         yield tmp
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())  # the data is on disk before the name points at it
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise InputError(f"{path}: cannot write ({err.strerror or err}); the previous file, if any, "
+                             "is unchanged") from None
         raise
 
 
-def write_text(path, text):
+def write_bytes(path, payload):
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
+        Path(tmp).write_bytes(payload)
 
 
-def open_run(cfg, out_dir, prefix, log_name, info_name="run_info.json", **info):
-    """Start a run: its folder (default OUTPUT_DIR/<prefix>_<time>), logger, config.json and run info
-    (git commit, package versions and `info`). Returns (folder, logger)."""
-    out_dir = prepare_run_dir(out_dir or Path(cfg.OUTPUT_DIR) / time.strftime(f"{prefix}_%Y%m%d-%H%M%S"))
+def save_torch(path, payload):
+    """torch.save into memory, then an atomic write, so a failed write is an OSError that names the
+    file rather than an error from inside torch's zip writer."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getbuffer())
+
+
+NPZ_MAGIC, NPY_MAGIC = b"PK\x03\x04", b"\x93NUMPY"
+
+
+def load_npz(path, what):
+    """All arrays of the npz archive `path` (`what` names it in errors), with no pickled objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(NPY_MAGIC):
+        raise InputError(f"{path}: a single .npy array, expected a {what} (.npz archive of named arrays)")
+    if not magic.startswith(NPZ_MAGIC):
+        raise InputError(f"{path}: not an npz archive (no zip header); expected a {what}")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {key: stored[key] for key in stored.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path}: damaged {what} ({first_line(err)})") from None
+
+
+def write_text(path, text):
+    write_bytes(path, text.encode())
+
+
+def default_run_dir(cfg, prefix):
+    return Path(cfg.OUTPUT_DIR) / time.strftime(f"{prefix}_%Y%m%d-%H%M%S")
+
+
+def stale_temporaries(out_dir):
+    """The temporary files of atomic_path in `out_dir`; while no run holds its lock, a killed run's."""
+    return list(out_dir.glob(f".*{TEMPORARY_SUFFIX}"))
+
+
+def check_new_run_dir(out_dir):
+    """A new run goes into an empty or absent folder that it can make: checked before the run's real
+    work, and again under the lock. Never over another run's files."""
+    out_dir = Path(out_dir)
+    existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        reason = "Not a directory" if not existing.is_dir() else "Permission denied"
+        raise InputError(f"output directory {out_dir}: not writable ({reason})")
+    if existing == out_dir and set(out_dir.iterdir()) - set(stale_temporaries(out_dir)):
+        raise InputError(f"{out_dir}: already holds files of a run; choose another --out-dir "
+                         "(or --resume, for an encoder run)")
+
+
+@contextlib.contextmanager
+def run_folder(out_dir, resume=False):
+    """The run folder, created if needed and locked for as long as the run is in it: a second run
+    into the same folder fails at once. A new run needs it empty. Temporary files that a killed run
+    left behind are removed. The lock is the kernel's, so it dies with the process."""
+    out_dir = prepare_run_dir(out_dir)
+    handle = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{out_dir}: another run is writing into this folder now") from None
+        if not resume:
+            check_new_run_dir(out_dir)
+        for stale in stale_temporaries(out_dir):
+            stale.unlink()
+        yield out_dir
+    finally:
+        os.close(handle)
+
+
+def start_run(cfg, out_dir, prefix, log_name, info_name="run_info.json", **info):
+    """In a locked run folder: the logger, config.json and run info (git commit, package versions
+    and `info`). Returns the logger."""
     logger = get_logger(prefix, out_dir / log_name)
     write_text(out_dir / "config.json", config_json(cfg))
     write_text(out_dir / info_name, json.dumps({**run_metadata(), **info}, indent=2))
     logger.info("run folder %s; config %s", out_dir, json.dumps(vars(cfg), sort_keys=True))
-    return out_dir, logger
+    return logger
 
 
 def prepare_run_dir(out_dir):

@@ -106,12 +106,13 @@ def test_compile_changes_how_the_layers_run_not_what_they_compute(qm9_root, tmp_
     np.testing.assert_allclose(compiled["z_all"], eager["z_all"], rtol=1e-4, atol=1e-4)
 
 
-def test_data_root_and_output_dir_choose_the_folders(tmp_path, capsys):
+def test_data_root_and_output_dir_choose_the_folders(tmp_path, capsys, qm9_root):
     (tmp_path / data.CACHE_NAME).write_bytes(b"not a cache")
     with pytest.raises(SystemExit):
-        tr.run_cli(lambda: tr.main(["--set", f"DATA_ROOT={str(tmp_path)!r}", "--set",
-                                    f"OUTPUT_DIR={str(tmp_path / 'runs')!r}"]))
-    assert f"{tmp_path / data.CACHE_NAME}: corrupt" in capsys.readouterr().err
+        tr.run_cli(lambda: tr.main(["--set", f"DATA_ROOT={str(tmp_path)!r}"]))
+    assert f"{tmp_path / data.CACHE_NAME}: not an npz archive" in capsys.readouterr().err
+    tr.main(["--set", f"DATA_ROOT={str(qm9_root)!r}", "--set", f"OUTPUT_DIR={str(tmp_path / 'runs')!r}",
+             "--max-molecules", "40", "--epochs", "1"])
     assert [p.name[:8] for p in (tmp_path / "runs").iterdir()] == ["encoder_"]
 
 

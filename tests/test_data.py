@@ -82,7 +82,7 @@ def test_cache_is_written_once_and_reloaded(tmp_path):
 def test_corrupt_or_incomplete_cache_is_an_input_error(tmp_path):
     cache = tmp_path / data.CACHE_NAME
     cache.write_bytes(b"PK\x03\x04 this is not a zip archive")
-    with pytest.raises(InputError, match=f"{cache}: corrupt QM9 cache"):
+    with pytest.raises(InputError, match=f"{cache}: damaged QM9 cache"):
         data.load_qm9(tmp_path)
     np.savez(cache, z=np.zeros(3, np.uint8))
     with pytest.raises(InputError, match="missing arrays"):

@@ -193,11 +193,20 @@ def test_summary_equals_a_hand_computation(experiment):
     assert np.isnan(summary.loc[("random", 10), "mae_diff_vs_random"])
 
 
-def test_same_seed_same_numbers(experiment, tmp_path):
+def test_same_seed_same_numbers_under_load(experiment, tmp_path, busy_cores):
+    """Every number but the measured fit time repeats bit for bit; summary.csv holds no time, so it
+    repeats byte for byte."""
     sm.main(["--latents", str(write_latents(tmp_path / "latents.npz")), "--out-dir", str(tmp_path / "again"), *QUICK])
     first = pd.read_csv(experiment / "results_all.csv").drop(columns="fit_seconds")
     again = pd.read_csv(tmp_path / "again" / "results_all.csv").drop(columns="fit_seconds")
-    pd.testing.assert_frame_equal(first, again)
+    pd.testing.assert_frame_equal(first, again, check_exact=True)
+    assert (experiment / "summary.csv").read_bytes() == (tmp_path / "again" / "summary.csv").read_bytes()
+    for selected in experiment.glob("selected_*.npy"):
+        np.testing.assert_array_equal(np.load(selected), np.load(tmp_path / "again" / selected.name))
+
+
+SPLIT = {"idx_train": np.arange(420), "idx_val": np.arange(420, 510), "idx_test": np.arange(510, 600)}
+FLAT_TEST = np.r_[np.linspace(-7, -6, 510), np.full(90, -6.5)]
 
 
 @pytest.mark.parametrize("replace, argv, message", [
@@ -216,6 +225,14 @@ def test_same_seed_same_numbers(experiment, tmp_path):
     ({}, ["--set", "MLP_BATCH_SIZE=0"], "MLP_BATCH_SIZE=0: expected a positive number"),
     ({}, ["--set", "MLP_VAL_SIZE=0"], "MLP_VAL_SIZE=0: expected a positive number"),
     ({}, ["--ns", "10", "--device", "tpu9"], "--device 'tpu9': not a torch device"),
+    ({}, ["--ns", "10", "--device", "meta"], "--device 'meta': cannot hold data"),
+    ({"z_all": np.zeros((600, 0), np.float32)}, [], "z_all has no columns; expected latents of one or more"),
+    ({"z_all": np.full((600, 16), 1e30, np.float32)}, [], "z_all reaches 1e+30; expected values below 2.31e+18"),
+    ({**SPLIT, "idx_test": np.array([510])}, [], "idx_test holds 1 molecules with 1 distinct labels; R2 needs"),
+    ({**SPLIT, "y_all": FLAT_TEST}, [], "idx_test holds 90 molecules with 1 distinct labels"),
+    ({}, ["--seeds", "0", str(2**64)], "SAMPLING_SEEDS=18446744073709551616: expected a seed in 0..4294967295"),
+    ({}, ["--mlp-lr", "nan"], "MLP_LR=nan: expected a finite number"),
+    ({}, ["--mlp-lr", "inf"], "MLP_LR=inf: expected a finite number"),
 ])
 def test_bad_input_exits_with_one_line_before_any_output(capsys, tmp_path, replace, argv, message):
     latents = write_latents(tmp_path / "latents.npz", **replace)
@@ -227,8 +244,44 @@ def test_bad_input_exits_with_one_line_before_any_output(capsys, tmp_path, repla
     assert not out.exists()
 
 
+def test_not_an_npz_is_named_as_such(capsys, tmp_path):
+    np.save(tmp_path / "latents.npy", np.zeros((600, 16), np.float32))
+    (tmp_path / "latents.txt").write_text("z_all,y_all\n")
+    for name, message in (("latents.npy", "a single .npy array, expected a latents file (.npz archive"),
+                          ("latents.txt", "not an npz archive (no zip header); expected a latents file")):
+        got = expect_input_error(capsys, sm.main, ["--latents", str(tmp_path / name), "--out-dir", str(tmp_path / "o")])
+        assert f"{tmp_path / name}: {message}" in got
+    assert not (tmp_path / "o").exists()
+
+
+def test_split_indices_of_any_integer_type_work(tmp_path):
+    arrays = sm.load_latents(write_latents(tmp_path / "latents.npz", **{k: v.astype(np.uint16) for k, v in SPLIT.items()}))
+    assert all(arrays[key].dtype == np.int64 for key in SPLIT)
+    np.testing.assert_array_equal(arrays["idx_test"], SPLIT["idx_test"])
+    sm.main(["--latents", str(tmp_path / "latents.npz"), "--out-dir", str(tmp_path / "out"), "--ns", "10",
+             "--seeds", "0", "--set", "MLP_EPOCHS=3"])
+    assert len(pd.read_csv(tmp_path / "out" / "results_all.csv")) == 2
+
+
+def test_heads_that_never_improve_are_an_error_not_a_result(capsys, tmp_path):
+    message = expect_input_error(capsys, sm.main, ["--latents", str(write_latents(tmp_path / "latents.npz")),
+                                                   "--out-dir", str(tmp_path / "out"), "--ns", "10", "--seeds", "0",
+                                                   "--mlp-lr", "1e30", "--set", "MLP_EPOCHS=3"])
+    assert "N=10: the heads of [('random', 0), ('kcenter', 0)] diverged from the first epoch" in message
+    assert not list((tmp_path / "out").glob("*.csv"))
+
+
+def test_a_folder_holding_a_run_is_refused(capsys, tmp_path, experiment):
+    before = {p.name: p.read_bytes() for p in experiment.iterdir()}
+    message = expect_input_error(capsys, sm.main, ["--latents", str(write_latents(tmp_path / "latents.npz")),
+                                                   "--out-dir", str(experiment), *QUICK])
+    assert f"{experiment}: already holds files of a run; choose another --out-dir" in message
+    assert {p.name: p.read_bytes() for p in experiment.iterdir()} == before
+
+
 def test_identical_labels_stop_the_run_before_training_and_without_csv(capsys, tmp_path):
-    latents = write_latents(tmp_path / "latents.npz", y_all=np.full(600, -6.5))
+    latents = write_latents(tmp_path / "latents.npz", y_all=np.r_[np.full(510, -6.5), np.linspace(-7, -6, 90)],
+                            **SPLIT)
     out = tmp_path / "out"
     message = expect_input_error(capsys, sm.main, ["--latents", str(latents), "--out-dir", str(out), *QUICK])
     assert "the first 10 selected molecules all have the same label" in message

@@ -1,16 +1,23 @@
 """The encoder script end to end: outputs, checkpoints, resume and bad input."""
+import io
 import json
+import random
 import re
+import resource
+import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, expect_input_error, run_train
+from conftest import ROOT, assert_same_tensors, expect_input_error, run_train
 
 import data
 import train_encoder_qm9 as tr
+import utils
 
 EPOCH_LINE = re.compile(r"epoch +(\d+)/(\d+) train ([\d.]+) val ([\d.]+) \[atom_counts [\d.]+ distance_hist [\d.]+ "
                         r"pair_hist [\d.]+\] lr [\d.e+-]+ [\d.]+ s \d+ mol/s")
@@ -84,18 +91,44 @@ def test_resume_refuses_other_changes_and_missing_runs(capsys, tmp_path, small_r
     (["--set", "PAIR_HIST_RANGE=(3.0, 1.0)"], "PAIR_HIST_RANGE=(3.0, 1.0), PAIR_HIST_BINS=24: expected"),
     (["--batch-size", "0"], "ENC_BATCH_SIZE=0: expected a positive number"),
     (["--device", "cuda:7"], "--device 'cuda:7': CUDA is not available here"),
+    (["--device", "meta"], "--device 'meta': cannot hold data"),
+    (["--seed", str(2**64)], "SEED=18446744073709551616: expected a seed in 0..4294967295"),
+    (["--lr", "nan"], "ENC_LR=nan: expected a finite number"),
+    (["--lr", "inf"], "ENC_LR=inf: expected a finite number"),
+    (["--set", "CUTOFF=1e999"], "CUTOFF=inf: expected a finite number"),
+    (["--set", "CUTOFF=0.01", "--max-molecules", "50"], "CUTOFF=0.01: no training atom has a neighbour that close"),
+    (["--set", "ATOM_TYPES=('H', 'C', 'N', 'O', 'F', 'C')"], "ATOM_TYPES lists ['C'] more than once"),
+    (["--max-molecules", "1"], "1 molecules with TRAIN_VAL_TEST_SPLIT=(0.8, 0.1, 0.1) leave 1 for training and 0"),
+    (["--max-molecules", "3"], "3 molecules with TRAIN_VAL_TEST_SPLIT=(0.8, 0.1, 0.1) leave 2 for training and 0"),
 ])
-def test_bad_settings_exit_with_one_line(capsys, qm9_root, tmp_path, argv, message):
+def test_bad_settings_exit_with_one_line_and_no_run_folder(capsys, qm9_root, tmp_path, argv, message):
     out = tmp_path / "run"
     got = expect_input_error(capsys, tr.main, ["--data-root", str(qm9_root), "--out-dir", str(out), *argv])
     assert message in got
-    assert not out.exists() or not any(p.suffix in {".pt", ".npz"} for p in out.iterdir())
+    assert not out.exists()
+
+
+def test_data_root_that_is_a_file(capsys, tmp_path):
+    (tmp_path / "root").write_text("x")
+    message = expect_input_error(capsys, tr.main, ["--data-root", str(tmp_path / "root"), "--out-dir",
+                                                   str(tmp_path / "run")])
+    assert message == f"error: DATA_ROOT {tmp_path / 'root'}: a file, expected a folder for the QM9 cache"
+
+
+def test_coincident_atoms_are_named_before_training(capsys, qm9_arrays, tmp_path):
+    arrays = data.take_molecules(qm9_arrays, np.arange(40))
+    first = arrays["n_atoms"][:7].sum()
+    arrays["pos"][first + 2] = arrays["pos"][first]  # molecule 7: atom 2 onto atom 0
+    np.savez(tmp_path / data.CACHE_NAME, **arrays)
+    message = expect_input_error(capsys, tr.main, ["--data-root", str(tmp_path), "--out-dir", str(tmp_path / "run")])
+    assert f"molecule with QM9 Index {arrays['index'][7]}: atoms 0 and 2 (0-based) are 0 Angstrom apart" in message
+    assert not (tmp_path / "run").exists()
 
 
 def test_corrupt_cache_exits_with_one_line(capsys, tmp_path):
     (tmp_path / data.CACHE_NAME).write_bytes(b"garbage")
     message = expect_input_error(capsys, tr.main, ["--data-root", str(tmp_path), "--out-dir", str(tmp_path / "r")])
-    assert f"{tmp_path / data.CACHE_NAME}: corrupt QM9 cache" in message
+    assert f"{tmp_path / data.CACHE_NAME}: not an npz archive (no zip header); expected a QM9 cache" in message
 
 
 def test_command_line_exit_status_and_message(tmp_path):
@@ -113,3 +146,129 @@ def test_divergence_is_reported_by_epoch(capsys, qm9_root, tmp_path, monkeypatch
     message = expect_input_error(capsys, tr.main, ["--data-root", str(qm9_root), "--out-dir", str(tmp_path),
                                                    "--max-molecules", "40", "--epochs", "2"])
     assert message == "error: training diverged in epoch 1 (validation loss nan); lower ENC_LR"
+
+
+# --- resume and the run folder -------------------------------------------------------
+
+@pytest.fixture
+def finished_run(small_run, tmp_path):
+    """A private copy of the finished 3-epoch run."""
+    return Path(shutil.copytree(small_run, tmp_path / "finished"))
+
+
+def folder_bytes(run_dir):
+    return {p.name: p.read_bytes() for p in run_dir.iterdir()}
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def random_bytes(path):
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+
+
+def drop_scheduler(path):
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["scheduler"]
+    torch.save(checkpoint, path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (truncate, "not a readable checkpoint"),
+    (random_bytes, "not a readable checkpoint"),
+    (drop_scheduler, "lacks ['scheduler']; expected a last.pt written by this script"),
+])
+def test_resume_names_a_damaged_checkpoint_and_keeps_the_run(capsys, finished_run, damage, message):
+    damage(finished_run / tr.LAST)
+    before = folder_bytes(finished_run)
+    got = expect_input_error(capsys, tr.main, ["--resume", "--epochs", "4", "--out-dir", str(finished_run)])
+    assert got.startswith(f"error: {finished_run / tr.LAST}: {message}")
+    assert folder_bytes(finished_run) == before
+
+
+def test_resume_refuses_another_runs_checkpoint(capsys, finished_run, qm9_root, tmp_path):
+    run_train(["--data-root", qm9_root, "--max-molecules", 40, "--epochs", 1, "--set", "LATENT_DIM=64",
+               "--out-dir", tmp_path / "other"])
+    shutil.copy(tmp_path / "other" / tr.LAST, finished_run / tr.LAST)
+    before = folder_bytes(finished_run)
+    message = expect_input_error(capsys, tr.main, ["--resume", "--epochs", "4", "--out-dir", str(finished_run)])
+    assert re.search(rf"{finished_run / tr.LAST}: its settings \[.*'LATENT_DIM'.*\] differ from", message)
+    assert folder_bytes(finished_run) == before
+
+
+def test_resume_refuses_fewer_epochs_and_a_finished_run(capsys, finished_run):
+    before = folder_bytes(finished_run)
+    message = expect_input_error(capsys, tr.main, ["--resume", "--epochs", "2", "--out-dir", str(finished_run)])
+    assert f"--epochs 2: {finished_run} has already trained 3 epochs" in message
+    message = expect_input_error(capsys, tr.main, ["--resume", "--out-dir", str(finished_run)])
+    assert f"{finished_run}: finished, all 3 epochs trained and the latents written" in message
+    assert folder_bytes(finished_run) == before
+
+
+def test_resume_after_a_kill_before_the_latents_only_exports_them(finished_run):
+    latents = (finished_run / tr.LATENTS_NAME).read_bytes()
+    (finished_run / tr.LATENTS_NAME).unlink()
+    last = (finished_run / tr.LAST).read_bytes()
+    run_train(["--resume", "--out-dir", finished_run])
+    assert (finished_run / tr.LAST).read_bytes() == last
+    with np.load(io.BytesIO(latents)) as expected, np.load(finished_run / tr.LATENTS_NAME) as got:
+        np.testing.assert_array_equal(expected["z_all"], got["z_all"])
+
+
+def test_a_second_run_into_a_used_folder_is_refused(capsys, finished_run, qm9_root):
+    before = folder_bytes(finished_run)
+    message = expect_input_error(capsys, tr.main, ["--data-root", str(qm9_root), "--max-molecules", "40",
+                                                   "--out-dir", str(finished_run)])
+    assert f"{finished_run}: already holds files of a run; choose another --out-dir" in message
+    with utils.run_folder(finished_run, resume=True):  # a run at work in the folder holds its lock
+        message = expect_input_error(capsys, tr.main, ["--resume", "--epochs", "4", "--out-dir", str(finished_run)])
+    assert f"{finished_run}: another run is writing into this folder now" in message
+    assert folder_bytes(finished_run) == before
+
+
+def test_temporary_files_of_a_killed_run_are_removed(finished_run):
+    for name in (f".{tr.LAST}.4242.tmp", f".{tr.LATENTS_NAME}.4242.tmp"):
+        (finished_run / name).write_bytes(b"half")
+    run_train(["--resume", "--epochs", 4, "--out-dir", finished_run])
+    assert not list(finished_run.glob(".*"))
+    assert torch.load(finished_run / tr.LAST, weights_only=True)["epoch"] == 4
+
+
+def script(argv, **kwargs):
+    return subprocess.Popen([sys.executable, str(ROOT / "train_encoder_qm9.py"), *map(str, argv)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_killed_at_a_random_moment_and_resumed_equals_an_uninterrupted_run(qm9_root, tmp_path):
+    argv = ["--data-root", qm9_root, "--max-molecules", 200, "--batch-size", 16, "--epochs", 5]
+    run_train([*argv, "--out-dir", tmp_path / "straight"])
+    killed = script([*argv, "--out-dir", tmp_path / "killed"])
+    while not (tmp_path / "killed" / tr.LAST).exists():  # killed once it has a checkpoint to resume from
+        assert killed.poll() is None, killed.stderr.read()
+        time.sleep(0.05)
+    time.sleep(random.uniform(0, 2))  # then anywhere in the epochs that follow, or mid-write
+    killed.kill()
+    killed.wait()
+    run_train(["--resume", "--out-dir", tmp_path / "killed"])
+    straight = torch.load(tmp_path / "straight" / tr.LAST, weights_only=True)
+    resumed = torch.load(tmp_path / "killed" / tr.LAST, weights_only=True)
+    for part in ("encoder", "decoder"):
+        assert_same_tensors(straight[part], resumed[part], part)
+    assert not list((tmp_path / "killed").glob(".*"))
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(finished_run):
+    before = {p.name: p.read_bytes() for p in finished_run.glob("*.pt")}
+    limit = min(len(b) for b in before.values()) // 2  # every checkpoint is bigger than a file may now grow
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = script(["--resume", "--epochs", 4, "--out-dir", finished_run], preexec_fn=limit_file_size)
+    _, stderr = done.communicate(timeout=300)
+    assert done.returncode == 2
+    assert re.fullmatch(rf"error: {finished_run}/(last|encoder_struct)\.pt: cannot write \(File too large\); the "
+                        r"previous file, if any, is unchanged", stderr.strip().splitlines()[-1])
+    assert {p.name: p.read_bytes() for p in finished_run.glob("*.pt")} == before
+    assert not list(finished_run.glob(".*"))

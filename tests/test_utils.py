@@ -1,5 +1,6 @@
 """Splits, metrics, logging, plots, configs and safe output."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -79,10 +80,13 @@ def test_config_overrides_are_typed_and_unknown_keys_fail():
         utils.resolve_config({"ENC_EPOCHS": 2.5})
     with pytest.raises(InputError, match="ENC_LR=-0.1: expected a positive number"):
         utils.resolve_config({"ENC_LR": -0.1})
-    with pytest.raises(InputError, match="SEED=-1: expected a non-negative number"):
+    with pytest.raises(InputError, match=r"SEED=-1: expected a seed in 0\.\.4294967295"):
         utils.resolve_config({"SEED": -1})
-    with pytest.raises(InputError, match="SAMPLING_SEEDS=-2: expected a non-negative number"):
+    with pytest.raises(InputError, match=r"SAMPLING_SEEDS=-2: expected a seed in 0\.\.4294967295"):
         utils.resolve_config({"SAMPLING_SEEDS": [0, -2]})
+    assert utils.resolve_config({"SEED": 2**32 - 1}).SEED == 2**32 - 1
+    with pytest.raises(InputError, match="MLP_LR=nan: expected a finite number"):
+        utils.resolve_config({"MLP_LR": float("nan")})
     with pytest.raises(InputError, match="MAX_STRUCTURES=0: expected a positive number"):
         utils.resolve_config({"MAX_STRUCTURES": 0})
     assert utils.resolve_config({"ENC_LR_PATIENCE": 0}).ENC_LR_PATIENCE == 0
@@ -122,3 +126,32 @@ def test_output_directory_under_a_file_is_not_writable(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match=f"output directory {tmp_path / 'file' / 'run'}: not writable"):
         utils.prepare_run_dir(tmp_path / "file" / "run")
+
+
+def test_load_npz_names_what_the_file_really_is(tmp_path):
+    np.savez(tmp_path / "good.npz", a=np.arange(3))
+    assert utils.load_npz(tmp_path / "good.npz", "thing")["a"].tolist() == [0, 1, 2]
+    np.save(tmp_path / "array.npy", np.arange(3))
+    (tmp_path / "text.npz").write_text("a,b\n1,2\n")
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "good.npz").read_bytes()[:40])
+    for name, message in (("missing.npz", "thing not found"), ("array.npy", "a single .npy array, expected a thing"),
+                          ("text.npz", "not an npz archive (no zip header); expected a thing"),
+                          ("cut.npz", "damaged thing")):
+        with pytest.raises(InputError, match=re.escape(f"{tmp_path / name}: {message}")):
+            utils.load_npz(tmp_path / name, "thing")
+
+
+def test_run_folder_is_locked_and_cleaned(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".last.pt.99.tmp").write_bytes(b"half")
+    with utils.run_folder(tmp_path / "run") as run:
+        assert not list(run.iterdir())
+        with pytest.raises(InputError, match="another run is writing into this folder now"):
+            with utils.run_folder(run, resume=True):
+                pass
+        (run / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="already holds files of a run"):
+        with utils.run_folder(tmp_path / "run"):
+            pass
+    with utils.run_folder(tmp_path / "run", resume=True):  # the lock went with the first run
+        pass
