@@ -15,7 +15,7 @@ from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
 import data
-from models import EquivGNNEncoder, gate_for, radius_graph
+from models import EquivGNNEncoder, PointConvolution, gate_for, radius_graph
 from sampling_mlp_experiment import new_head, train_mlp
 from train_encoder_qm9 import group_losses, weighted_total
 
@@ -68,6 +68,24 @@ class FullTPEncoder(EquivGNNEncoder):
                               hparams["radial_hidden_dim"], hparams["avg_num_neighbors"])
             for layer in self.layers
         )
+
+
+class IndexGatherConvolution(PointConvolution):
+    """models.PointConvolution with the neighbour features gathered as h[source], whose backward on
+    the CPU accumulates with atomic adds in thread-timing order: not bit-for-bit repeatable."""
+
+    def forward(self, h, edge_index, edge_sh, edge_basis):
+        source, target = edge_index
+        messages = self.tp(h[source], edge_sh, self.radial(edge_basis))
+        summed = scatter(messages, target, dim=0, dim_size=h.shape[0], reduce="sum")
+        return self.gate(self.linear(summed * self.neighbor_norm) + self.self_connection(h))
+
+
+def with_index_gather(encoder):
+    """`encoder` with every layer switched to IndexGatherConvolution, weights kept."""
+    for layer in encoder.layers:
+        layer.__class__ = IndexGatherConvolution
+    return encoder
 
 
 def train_epoch_pyg(encoder, decoder, optimizer, loader, cfg, device):

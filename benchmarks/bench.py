@@ -6,7 +6,7 @@ path, baseline, fast, ratio (how many times faster the fast path is), agreement,
     python benchmarks/bench.py --out runs/bench.json         # realistic sizes; also the raw numbers as JSON
     python benchmarks/bench.py --latents runs/full/latents_qm9.npz   # real latents for the sampling grid
 
-Rows: encoder training and latent extraction (molecules/s), descriptor targets (molecules/s),
+Rows: encoder training, its neighbour gather, and latent extraction (molecules/s), descriptor targets (molecules/s),
 k-center greedy (s) and the label-budget grid of property heads (s).
 """
 import argparse
@@ -39,7 +39,7 @@ QUICK_GRID = {"pool": 5_000, "val": 500, "test": 1_000, "ns": [10, 50, 200], "se
 FULL_GRID = {"pool": 104_000, "val": 2_000, "test": 13_000, "ns": [10, 20, 50, 100, 200, 500, 1000],
              "seeds": [0, 1, 2, 3, 4], "epochs": 200}
 TARGETS = {"encoder training": 5.0, "k-center greedy": 3.0, "sampling grid": 5.0}  # wanted ratios on CPU
-TOLERANCES = {"latents": 1e-5, "descriptors": 1e-5, "invariance": 1e-4, "heads_float64": 1e-9}
+TOLERANCES = {"gather_loss": 1e-4, "latents": 1e-5, "descriptors": 1e-5, "invariance": 1e-4, "heads_float64": 1e-9}
 
 
 def parse_args(argv=None):
@@ -173,6 +173,32 @@ def bench_training(setup, cfg, sizes, device):
                 "data_list_seconds": setup.data_list_seconds},
         "check": {"invariance_error_fast": errors["fast"], "invariance_error_baseline": errors["baseline"],
                   "ok": ok},
+    }
+
+
+def bench_gather(setup, cfg, sizes, device):
+    """train_encoder_qm9.train_epoch with index_select gathers (bit-for-bit repeatable on the CPU)
+    against the same encoder, same weights, gathering with h[source]; repeats alternate the two."""
+    rows = training.epoch_order(torch.arange(setup.structures.num_molecules, device=device), cfg.SEED, 0)
+    rows = rows[:sizes["train_molecules"]]
+    seconds, losses = {"baseline": [], "fast": []}, {}
+    for repeat in range(sizes["repeats"]):
+        for side in ("baseline", "fast"):
+            encoder = seeded_model(EquivGNNEncoder, setup.enc_hparams, cfg.SEED, device)
+            encoder = baselines.with_index_gather(encoder) if side == "baseline" else encoder
+            decoder = seeded_model(EquivDecoder, setup.dec_hparams, cfg.SEED, device)
+            optimizer = training.make_optimizer(cfg, [*encoder.parameters(), *decoder.parameters()], device)[0]
+            elapsed, loss = timed(lambda: training.train_epoch(encoder, decoder, optimizer, setup.structures,
+                                                               setup.targets, rows, cfg), device)
+            seconds[side].append(elapsed)
+            losses[side] = float(loss)
+    difference = abs(losses["fast"] - losses["baseline"]) / abs(losses["baseline"])
+    n, median = len(rows), {side: float(np.median(times)) for side, times in seconds.items()}
+    return {
+        "path": "gather for backward", "size": f"{n:,} mol", "unit": "mol/s", "baseline": n / median["baseline"],
+        "fast": n / median["fast"], "agreement": f"epoch loss within {difference:.0e} (rounding order only)",
+        "raw": {"molecules": n, "seconds": seconds, "losses": losses},
+        "check": {"loss_relative_difference": difference, "ok": difference < TOLERANCES["gather_loss"]},
     }
 
 
@@ -428,7 +454,8 @@ def run(args):
     sizes = bench_sizes(args.quick, device)
     start = time.perf_counter()
     setup = qm9_setup(cfg, sizes, device)
-    rows = [bench_training(setup, cfg, sizes, device), bench_latents(setup, cfg, sizes, device),
+    rows = [bench_training(setup, cfg, sizes, device), bench_gather(setup, cfg, sizes, device),
+            bench_latents(setup, cfg, sizes, device),
             bench_descriptors(setup, cfg, sizes, device), bench_kcenter(sizes, cfg.SEED, device),
             bench_grid(sizes, args.latents, cfg.SEED, device)]
     for row in rows:

@@ -18,6 +18,7 @@ def test_quick_bench_agrees(tmp_path):
     assert checks["latent extraction"]["relative_difference"] < 1e-5
     assert checks["descriptor targets"]["relative_difference"] < 1e-5
     assert checks["encoder training"]["ok"], checks["encoder training"]
+    assert checks["gather for backward"]["ok"], checks["gather for backward"]
 
     heads = checks["sampling grid"]
     assert heads["float64"]["prediction_relative_difference"] < 1e-9, heads

@@ -255,7 +255,8 @@ def test_not_an_npz_is_named_as_such(capsys, tmp_path):
 
 
 def test_split_indices_of_any_integer_type_work(tmp_path):
-    arrays = sm.load_latents(write_latents(tmp_path / "latents.npz", **{k: v.astype(np.uint16) for k, v in SPLIT.items()}))
+    uint16_split = {key: rows.astype(np.uint16) for key, rows in SPLIT.items()}
+    arrays = sm.load_latents(write_latents(tmp_path / "latents.npz", **uint16_split))
     assert all(arrays[key].dtype == np.int64 for key in SPLIT)
     np.testing.assert_array_equal(arrays["idx_test"], SPLIT["idx_test"])
     sm.main(["--latents", str(tmp_path / "latents.npz"), "--out-dir", str(tmp_path / "out"), "--ns", "10",
