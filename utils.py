@@ -31,12 +31,17 @@ class InputError(ValueError):
 
 
 def run_cli(main):
-    """Run a script's main(); an InputError becomes a one-line message on stderr and exit status 2."""
+    """Run a script's main(); an InputError becomes a one-line message on stderr and exit status 2,
+    Ctrl-C a one-line message and the shell's status for it, 130."""
     try:
         main()
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted; every file written so far is complete (--resume continues a training run)",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 # --- reproducibility and hardware --------------------------------------------------
@@ -333,6 +338,8 @@ NPZ_MAGIC, NPY_MAGIC = b"PK\x03\x04", b"\x93NUMPY"
 def load_npz(path, what):
     """All arrays of the npz archive `path` (`what` names it in errors), with no pickled objects."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, expected a {what}")
     if not path.is_file():
         raise InputError(f"{path}: {what} not found")
     with open(path, "rb") as f:

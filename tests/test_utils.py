@@ -134,7 +134,7 @@ def test_load_npz_names_what_the_file_really_is(tmp_path):
     np.save(tmp_path / "array.npy", np.arange(3))
     (tmp_path / "text.npz").write_text("a,b\n1,2\n")
     (tmp_path / "cut.npz").write_bytes((tmp_path / "good.npz").read_bytes()[:40])
-    for name, message in (("missing.npz", "thing not found"), ("array.npy", "a single .npy array, expected a thing"),
+    for name, message in (("missing.npz", "thing not found"), (".", "a folder, expected a thing"), ("array.npy", "a single .npy array, expected a thing"),
                           ("text.npz", "not an npz archive (no zip header); expected a thing"),
                           ("cut.npz", "damaged thing")):
         with pytest.raises(InputError, match=re.escape(f"{tmp_path / name}: {message}")):
@@ -155,3 +155,12 @@ def test_run_folder_is_locked_and_cleaned(tmp_path):
             pass
     with utils.run_folder(tmp_path / "run", resume=True):  # the lock went with the first run
         pass
+
+
+def test_ctrl_c_is_one_line_and_status_130(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as exit_info:
+        utils.run_cli(interrupted)
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.startswith("error: interrupted;")
