@@ -37,12 +37,13 @@ PAIR_HIST_BINS = 24  # bins per element pair (0.1 Angstrom spacing tells bond or
 
 # --- encoder training --------------------------------------------------------------
 ENC_LR = 1e-3  # Adam learning rate
-ENC_BATCH_SIZE = 64  # molecules per step
+ENC_BATCH_SIZE = 64  # molecules per optimizer step in all; under torchrun each process takes its share
 ENC_EPOCHS = 100  # passes over the training structures; --resume may extend it
 ENC_LR_FACTOR = 0.5  # the learning rate is multiplied by this when validation loss plateaus
 ENC_LR_PATIENCE = 5  # epochs without validation improvement before that happens
 ENC_COMPILE = False  # torch.compile each interaction layer: faster steps after a minute or so of compiling
 EVAL_BATCH_SIZE = 256  # molecules per no-grad batch (validation, latents, descriptors); a GPU wants thousands
+DIST_TIMEOUT_S = 600  # under torchrun: seconds a process waits for the others before the run fails
 
 # --- property head (ResidualMLP on latents) ---------------------------------------
 MLP_HIDDEN_DIM = 256  # width of the residual blocks

@@ -9,6 +9,7 @@ through an invariant decoder. HOMO energies are read only to be stored beside th
     python train_encoder_qm9.py --out-dir runs/full --resume --epochs 150
 """
 import argparse
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -16,13 +17,18 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import data
+import distributed
+from distributed import Ranks
 from models import EquivDecoder, EquivGNNEncoder, radius_graph
 from utils import (InputError, add_run_arguments, atomic_path, check_new_run_dir, check_split_ratios,
                    config_from_json, config_json, default_run_dir, first_line, get_device, overrides_from_args,
-                   resolve_config, run_cli, run_folder, save_torch, set_seed, start_run, train_val_test_split_indices)
+                   quiet_logger, resolve_config, run_cli, run_folder, save_torch, set_seed, start_run,
+                   train_val_test_split_indices)
 
 LATENTS_NAME = "latents_qm9.npz"
 BEST_ENCODER, BEST_DECODER, LAST = "encoder_struct.pt", "decoder_struct.pt", "last.pt"
@@ -136,33 +142,53 @@ def epoch_order(train_rows, seed, epoch):
     return train_rows[torch.randperm(len(train_rows), generator=generator).to(train_rows.device)]
 
 
-def train_epoch(encoder, decoder, optimizer, structures, targets, rows, cfg):
-    """One pass over `rows` in shuffled batches; returns the mean weighted loss (a 0-d tensor)."""
-    encoder.train()
-    decoder.train()
+class Autoencoder(nn.Module):
+    """Structure -> latent -> descriptors: the encoder and decoder as the one module that trains."""
+
+    def __init__(self, encoder, decoder):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, z, pos, batch):
+        return self.decoder(self.encoder(z, pos, batch))
+
+
+def train_epoch(model, optimizer, structures, targets, rows, cfg, ranks=Ranks()):
+    """One pass over `rows` in shuffled batches of ENC_BATCH_SIZE molecules, each rank training on its
+    share of every batch; returns the mean weighted loss over all ranks (a 0-d tensor).
+
+    Each rank's loss is weighted by its share of the batch, times the number of ranks that
+    DistributedDataParallel divides the summed gradients by: the step is then that of the whole
+    batch in one process. A final batch with fewer molecules than ranks is skipped."""
+    model.train()
     sizes = data.descriptor_sizes(cfg)
-    total = torch.zeros((), device=targets.device)
-    for chunk in tqdm(data.batches(rows, cfg.ENC_BATCH_SIZE), desc="batches", leave=False, disable=None):
-        prediction = decoder(encoder(*structures.gather(chunk)))
-        loss = weighted_total(group_losses(prediction, targets[chunk], sizes), cfg.DESCRIPTOR_WEIGHTS)
+    total, trained = torch.zeros((), device=targets.device), 0
+    for chunk in tqdm(data.batches(rows, cfg.ENC_BATCH_SIZE), desc="batches", leave=False,
+                      disable=None if ranks.is_main else True):
+        if len(chunk) < ranks.world:
+            continue
+        mine = ranks.share(chunk)
+        loss = weighted_total(group_losses(model(*structures.gather(mine)), targets[mine], sizes),
+                              cfg.DESCRIPTOR_WEIGHTS)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (ranks.world * len(mine) / len(chunk))).backward()
         optimizer.step()
-        total += loss.detach() * len(chunk)
-    return total / len(rows)
+        total += loss.detach() * len(mine)
+        trained += len(chunk)
+    return ranks.all_sum(total) / trained
 
 
 @torch.no_grad()
-def evaluate(encoder, decoder, structures, targets, rows, cfg):
-    """Per-group losses on `rows` and their weighted total, as Python floats."""
-    encoder.eval()
-    decoder.eval()
+def evaluate(model, structures, targets, rows, cfg, ranks=Ranks()):
+    """Per-group losses on `rows` and their weighted total, as Python floats, the same on every rank:
+    each rank evaluates its share and the sums are added across ranks."""
+    model.eval()
     sizes = data.descriptor_sizes(cfg)
-    sums = dict.fromkeys(sizes, torch.zeros((), device=targets.device))
-    for chunk in data.batches(rows, cfg.EVAL_BATCH_SIZE):
-        losses = group_losses(decoder(encoder(*structures.gather(chunk))), targets[chunk], sizes)
-        sums = {name: sums[name] + loss * len(chunk) for name, loss in losses.items()}
-    losses = {name: float(value) / len(rows) for name, value in sums.items()}
+    sums = torch.zeros(len(sizes), device=targets.device)
+    for chunk in data.batches(ranks.share(rows), cfg.EVAL_BATCH_SIZE):
+        losses = group_losses(model(*structures.gather(chunk)), targets[chunk], sizes)
+        sums = sums + torch.stack(list(losses.values())) * len(chunk)
+    losses = dict(zip(sizes, (ranks.all_sum(sums).double() / len(rows)).tolist()))
     return weighted_total(losses, cfg.DESCRIPTOR_WEIGHTS), losses
 
 
@@ -294,25 +320,28 @@ def export_latents(out_dir, structures, arrays, split, cfg, device, logger):
                 arrays["homo_ev"].mean(), arrays["homo_ev"].std())
 
 
-def train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger):
-    """Steps 5-11: models, training with checkpoints (steps 6, 7), latents and npz."""
+def train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger, ranks=Ranks()):
+    """Steps 5-11: models, training with checkpoints (steps 6, 7), latents and npz. Rank 0 alone
+    writes; with several ranks the model trains under DistributedDataParallel."""
     set_seed(cfg.SEED)
     enc_hparams = encoder_hparams(cfg, avg_neighbors)
     dec_hparams = decoder_hparams(cfg, prepared.targets.shape[1])
     encoder, decoder, optimizer, scheduler, first_epoch, best_val = build_models(cfg, enc_hparams, dec_hparams,
                                                                                  device, checkpoint)
+    model = Autoencoder(encoder, decoder)
+    trained = model if ranks.world == 1 else DistributedDataParallel(model, broadcast_buffers=False)
     if checkpoint is not None:
         logger.info("resumed from %s after epoch %d (best val %.5f)", out_dir / LAST, first_epoch, best_val)
-    logger.info("encoder %d parameters, average neighbours %.2f; decoder %d parameters",
+    logger.info("encoder %d parameters, average neighbours %.2f; decoder %d parameters; %d process(es)",
                 sum(p.numel() for p in encoder.parameters()), avg_neighbors,
-                sum(p.numel() for p in decoder.parameters()))
+                sum(p.numel() for p in decoder.parameters()), ranks.world)
     train_rows, val_rows = (torch.as_tensor(rows, device=device) for rows in prepared.split[:2])
     structures, targets = prepared.structures, prepared.targets
-    for epoch in tqdm(range(first_epoch, cfg.ENC_EPOCHS), desc="epochs", disable=None):
+    for epoch in tqdm(range(first_epoch, cfg.ENC_EPOCHS), desc="epochs", disable=None if ranks.is_main else True):
         start = time.perf_counter()
-        train_loss = float(train_epoch(encoder, decoder, optimizer, structures, targets,
-                                       epoch_order(train_rows, cfg.SEED, epoch), cfg))
-        val_loss, val_groups = evaluate(encoder, decoder, structures, targets, val_rows, cfg)
+        train_loss = float(train_epoch(trained, optimizer, structures, targets,
+                                       epoch_order(train_rows, cfg.SEED, epoch), cfg, ranks))
+        val_loss, val_groups = evaluate(model, structures, targets, val_rows, cfg, ranks)
         if not math.isfinite(val_loss):
             raise InputError(f"training diverged in epoch {epoch + 1} (validation loss {val_loss}); lower ENC_LR")
         scheduler.step(val_loss)
@@ -322,33 +351,52 @@ def train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger):
                     optimizer.param_groups[0]["lr"], seconds, len(train_rows) / seconds)
         if val_loss < best_val:
             best_val = val_loss
-            save_best(out_dir, encoder, decoder, enc_hparams, dec_hparams, prepared.target_stats, epoch + 1, val_loss)
-        save_torch(out_dir / LAST, {
-            "encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_val": best_val,
-            "encoder_hparams": enc_hparams, "decoder_hparams": dec_hparams, "config": config_json(cfg)})
-    export_latents(out_dir, prepared.structures, prepared.arrays, prepared.split, cfg, device, logger)
+            if ranks.is_main:
+                save_best(out_dir, encoder, decoder, enc_hparams, dec_hparams, prepared.target_stats, epoch + 1,
+                          val_loss)
+        if ranks.is_main:
+            save_torch(out_dir / LAST, {
+                "encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_val": best_val,
+                "encoder_hparams": enc_hparams, "decoder_hparams": dec_hparams, "config": config_json(cfg)})
+    if ranks.is_main:
+        export_latents(out_dir, prepared.structures, prepared.arrays, prepared.split, cfg, device, logger)
+
+
+def check_ranks(cfg, prepared, ranks):
+    """Every rank needs a molecule of each training batch and of the validation split."""
+    if ranks.world > min(cfg.ENC_BATCH_SIZE, len(prepared.split[1])):
+        raise InputError(f"{ranks.world} processes: ENC_BATCH_SIZE={cfg.ENC_BATCH_SIZE} and the "
+                         f"{len(prepared.split[1])} validation molecules must each be at least one per process")
 
 
 def main(argv=None):
-    """Every setting and the data are checked before the run folder is made or, on --resume, touched."""
+    """Every setting and the data are checked before the run folder is made or, on --resume, touched.
+    Under torchrun every process runs this; rank 0 alone makes, locks and writes the run folder."""
     args = parse_args(argv)
     cfg = config_from_args(args)
     check_config(cfg)
-    device = get_device(args.device)
-    out_dir = args.out_dir or default_run_dir(cfg, "encoder")
-    if not args.resume:
-        check_new_run_dir(out_dir)
-    prepared = prepare_data(cfg, device)
-    avg_neighbors = None if args.resume else neighbors_within_cutoff(prepared, cfg, device)
-    with run_folder(out_dir, resume=args.resume):
-        checkpoint = load_last(out_dir, cfg, device) if args.resume else None
-        if checkpoint is not None:
-            avg_neighbors = checkpoint["encoder_hparams"]["avg_num_neighbors"]
-        info_name = f"run_info_resume_{time.strftime('%Y%m%d-%H%M%S')}.json" if args.resume else "run_info.json"
-        logger = start_run(cfg, out_dir, "encoder", "train.log", info_name)
-        log_data(prepared, device, logger)
-        train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger)
+    ranks, device = distributed.start(get_device(args.device), cfg.DIST_TIMEOUT_S)
+    try:
+        out_dir = args.out_dir or default_run_dir(cfg, "encoder")
+        if ranks.is_main and not args.resume:
+            check_new_run_dir(out_dir)
+        prepared = prepare_data(cfg, device)
+        check_ranks(cfg, prepared, ranks)
+        avg_neighbors = None if args.resume else neighbors_within_cutoff(prepared, cfg, device)
+        with run_folder(out_dir, resume=args.resume) if ranks.is_main else contextlib.nullcontext():
+            checkpoint = load_last(out_dir, cfg, device) if args.resume else None
+            if checkpoint is not None:
+                avg_neighbors = checkpoint["encoder_hparams"]["avg_num_neighbors"]
+            if ranks.is_main:
+                info_name = f"run_info_resume_{time.strftime('%Y%m%d-%H%M%S')}.json" if args.resume else "run_info.json"
+                logger = start_run(cfg, out_dir, "encoder", "train.log", info_name, processes=ranks.world)
+                log_data(prepared, device, logger)
+            else:
+                logger = quiet_logger(f"encoder.rank{ranks.rank}")
+            train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger, ranks)
+    finally:
+        distributed.stop(ranks)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,13 @@ def get_logger(name, log_file=None, max_bytes=10_000_000, backup_count=3):
     return logger
 
 
+def quiet_logger(name):
+    """A logger of warnings and errors to stderr only: for the processes that do not write the run."""
+    logger = get_logger(name)
+    logger.setLevel(logging.WARNING)
+    return logger
+
+
 # --- splits ------------------------------------------------------------------------
 
 def check_split_ratios(ratios):

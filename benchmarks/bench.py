@@ -137,10 +137,11 @@ def bench_training(setup, cfg, sizes, device):
     decoders = {side: seeded_model(EquivDecoder, setup.dec_hparams, cfg.SEED, device) for side in encoders}
     optimizers = {side: training.make_optimizer(cfg, [*encoders[side].parameters(), *decoders[side].parameters()],
                                                 device)[0] for side in encoders}
+    models = {side: training.Autoencoder(encoders[side], decoders[side]) for side in encoders}
 
     def fast(train_rows):
-        return training.train_epoch(encoders["fast"], decoders["fast"], optimizers["fast"], setup.structures,
-                                    setup.targets, train_rows, cfg)
+        return training.train_epoch(models["fast"], optimizers["fast"], setup.structures, setup.targets,
+                                    train_rows, cfg)
 
     def baseline(batches):
         return baselines.train_epoch_pyg(encoders["baseline"], decoders["baseline"], optimizers["baseline"],
@@ -188,8 +189,9 @@ def bench_gather(setup, cfg, sizes, device):
             encoder = baselines.with_index_gather(encoder) if side == "baseline" else encoder
             decoder = seeded_model(EquivDecoder, setup.dec_hparams, cfg.SEED, device)
             optimizer = training.make_optimizer(cfg, [*encoder.parameters(), *decoder.parameters()], device)[0]
-            elapsed, loss = timed(lambda: training.train_epoch(encoder, decoder, optimizer, setup.structures,
-                                                               setup.targets, rows, cfg), device)
+            model = training.Autoencoder(encoder, decoder)
+            elapsed, loss = timed(lambda: training.train_epoch(model, optimizer, setup.structures, setup.targets,
+                                                               rows, cfg), device)
             seconds[side].append(elapsed)
             losses[side] = float(loss)
     difference = abs(losses["fast"] - losses["baseline"]) / abs(losses["baseline"])

@@ -23,7 +23,7 @@ SAMPLING_RUN = {"MLP_HIDDEN_DIM": 48, "MLP_LAYERS": 1, "MLP_LR": 3e-3, "MLP_EPOC
                 "MLP_PATIENCE": 1, "SAMPLING_NS": [10, 20], "SAMPLING_SEEDS": [0, 2],
                 "SAMPLING_STRATEGIES": ["kcenter"], "KCENTER_STANDARDIZE": False}
 ELSEWHERE = {"DATA_ROOT", "OUTPUT_DIR", "EVAL_BATCH_SIZE", "ENC_LR_FACTOR", "ENC_LR_PATIENCE", "MLP_VAL_SIZE",
-             "ENC_COMPILE"}
+             "ENC_COMPILE", "DIST_TIMEOUT_S"}  # DIST_TIMEOUT_S: tests/test_distributed.py
 
 
 def test_every_constant_has_a_behaviour_test():
