@@ -135,7 +135,8 @@ def test_load_npz_names_what_the_file_really_is(tmp_path):
     (tmp_path / "text.npz").write_text("a,b\n1,2\n")
     (tmp_path / "cut.npz").write_bytes((tmp_path / "good.npz").read_bytes()[:40])
     for name, message in (("missing.npz", "thing not found"), (".", "a folder, expected a thing"),
-                          ("array.npy", "a single .npy array, expected a thing"), ("text.npz", "not an npz archive (no zip header); expected a thing"),
+                          ("array.npy", "a single .npy array, expected a thing"),
+                          ("text.npz", "not an npz archive (no zip header); expected a thing"),
                           ("cut.npz", "damaged thing")):
         with pytest.raises(InputError, match=re.escape(f"{tmp_path / name}: {message}")):
             utils.load_npz(tmp_path / name, "thing")
