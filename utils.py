@@ -30,6 +30,11 @@ class InputError(ValueError):
     """Bad input from the user: the scripts print its one-line message and exit with status 2."""
 
 
+def first_line(err):
+    """The first line of an exception's message, for one-line errors."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def run_cli(main):
     """Run a script's main(); an InputError becomes a one-line message on stderr and exit status 2,
     Ctrl-C a one-line message and the shell's status for it, 130."""
@@ -73,11 +78,6 @@ def get_device(name=None):
 
 
 # --- metrics (numpy arrays or torch tensors in, Python floats out) -----------------
-
-def first_line(err):
-    """The first line of an exception's message, for one-line errors."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
 
 def _as_float64(x):
     if isinstance(x, torch.Tensor):
