@@ -56,6 +56,16 @@ MLP_VAL_SIZE = 2000  # seeded subset of the validation split used for early stop
 
 # --- label selection experiment ----------------------------------------------------
 SAMPLING_NS = [10, 20, 50, 100, 200, 500, 1000]  # label budgets N, each a fresh head
-SAMPLING_SEEDS = [0, 1, 2, 3, 4]  # one seed fixes the random subset, the first centre and the head init
-SAMPLING_STRATEGIES = ["random", "kcenter"]  # selection strategies to compare
-KCENTER_STANDARDIZE = True  # k-center distances on per-dimension standardized latents
+SAMPLING_SEEDS = [0, 1, 2, 3, 4]  # one seed fixes every selection's random choices and the head init
+SAMPLING_STRATEGIES = ["random", "kcenter", "kmeans", "typiclust", "herding"]  # selection.py has each one
+KCENTER_STANDARDIZE = True  # every strategy measures distances on per-dimension standardized latents
+KMEANS_ITERATIONS = 20  # Lloyd rounds at most (kmeans, typiclust); fewer when no molecule changes cluster
+TYPICLUST_K = 20  # neighbours of TypiClust's typicality (Hacohen et al. 2022), fewer in small clusters
+TYPICLUST_MIN_CLUSTER_SIZE = 5  # TypiClust skips clusters of this many molecules or fewer: outlier groups
+HERDING_WIDTH = 1.0  # herding's Gaussian kernel width, in median pairwise latent distances
+HERDING_SAMPLE = 10_000  # pool molecules whose kernel mean estimates the pool density for herding
+
+# --- heads of the experiment -------------------------------------------------------
+HEAD = ["mlp", "krr"]  # mlp: the ResidualMLP above; krr: kernel ridge regression; a name or a list
+KRR_WIDTHS = [0.25, 0.5, 1.0, 2.0]  # Gaussian kernel widths tried, in median pairwise distances of the labels' latents
+KRR_RIDGES = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # ridge penalties tried; the pair with the lowest val MAE is kept

@@ -1,12 +1,19 @@
-"""Which molecules to label? Random choice against k-center greedy on the encoder latents.
+"""Which molecules to label? Label-free selection strategies on the encoder latents against random choice.
 
-For every seed and strategy, one selection run to the largest budget N picks molecules from the
-training pool of latents_qm9.npz; the first N of it (the orders are nested) label a fresh
-ResidualMLP that predicts HOMO (eV), early-stopped on the validation split and scored on the test
-split. All heads of one N train together (vmap over stacked parameters), each exactly as it would
-alone. Outputs: per-strategy and combined CSVs, summary.csv with paired statistics, curve_mae.png.
+For every seed and strategy (selection.py), molecules are picked from the training pool of
+latents_qm9.npz at every budget N (nested strategies: the first N picks of one run to the largest N).
+Their HOMO labels (eV) fit fresh heads: a ResidualMLP, early-stopped on the validation split, and
+kernel ridge regression, whose kernel width and ridge are chosen on the same validation molecules.
+Both are scored on the test split. All MLP heads of one N train together (vmap over stacked
+parameters), each exactly as it would alone. Outputs: per-strategy and combined CSVs, summary.csv
+with paired, Holm-adjusted statistics per head, learning curves, parity and selected-label plots.
 
     python sampling_mlp_experiment.py --latents runs/quick/latents_qm9.npz --out-dir runs/quick/sampling
+
+With --select, it trains nothing: it picks --budget molecules to label next with one strategy, after
+the molecules of --labelled (QM9 Index values), and writes to_label.csv.
+
+    python sampling_mlp_experiment.py --latents runs/quick/latents_qm9.npz --select typiclust --budget 100
 """
 import argparse
 import copy
@@ -19,35 +26,50 @@ import torch
 from scipy import stats
 from tqdm import tqdm
 
+import selection
 from models import ResidualMLP
 from utils import (InputError, add_run_arguments, atomic_path, check_new_run_dir, default_run_dir, get_device,
                    load_npz, mae, overrides_from_args, r2, resolve_config, rmse, run_cli, run_folder,
-                   save_learning_curve, standardize, start_run)
+                   save_label_histograms, save_learning_curves, save_parity, standardize, start_run)
 
-RESULT_FILES = {"random": "results_random.csv", "kcenter": "results_latent.csv"}
-CURVE_LABELS = {"random": "random", "kcenter": "k-center on latents"}
+STRATEGIES = list(selection.NESTED)
+HEADS = ("mlp", "krr")
+RESULT_FILES = {"random": "results_random.csv", "kcenter": "results_latent.csv"}  # the others: results_<name>.csv
+CURVE_LABELS = {"random": "random", "kcenter": "k-center", "kmeans": "k-means", "typiclust": "TypiClust",
+                "herding": "kernel herding"}
+HEAD_TITLES = {"mlp": "ResidualMLP head", "krr": "kernel ridge head"}
 INDEX_KEYS = ("idx_train", "idx_val", "idx_test")
 REQUIRED_KEYS = ("z_all", "y_all", *INDEX_KEYS)
+METRICS = ("mae", "rmse", "r2", "p95_abs_error", "max_abs_error")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latents", type=Path, required=True, help="latents_qm9.npz from train_encoder_qm9.py")
-    parser.add_argument("--strategies", nargs="+", help=f"override SAMPLING_STRATEGIES, from {list(STRATEGIES)}")
+    parser.add_argument("--strategies", nargs="+", help=f"override SAMPLING_STRATEGIES, from {STRATEGIES}")
+    parser.add_argument("--heads", nargs="+", help=f"override HEAD, from {list(HEADS)}")
     parser.add_argument("--seeds", nargs="+", type=int, help="override SAMPLING_SEEDS")
     parser.add_argument("--ns", nargs="+", type=int, help="override SAMPLING_NS, the label budgets")
     parser.add_argument("--mlp-hidden-dim", type=int, help="override MLP_HIDDEN_DIM")
     parser.add_argument("--mlp-layers", type=int, help="override MLP_LAYERS")
     parser.add_argument("--mlp-lr", type=float, help="override MLP_LR")
     parser.add_argument("--mlp-epochs", type=int, help="override MLP_EPOCHS")
+    parser.add_argument("--reference", type=Path, help="summary.csv of another run, drawn dashed in the curves")
+    chooser = parser.add_argument_group("selection only (no heads)")
+    chooser.add_argument("--select", metavar="STRATEGY", help=f"only pick molecules to label, with one of {STRATEGIES}")
+    chooser.add_argument("--budget", type=int, help="how many molecules --select picks")
+    chooser.add_argument("--labelled", type=Path,
+                         help="molecules labelled already: a text file of QM9 Index values, one a line, or a CSV "
+                              "with a qm9_index column (such as an earlier to_label.csv)")
+    chooser.add_argument("--seed", type=int, default=0, help="seed of the --select strategy (default 0)")
     add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
 def config_from_args(args):
     flags = {"SAMPLING_STRATEGIES": args.strategies, "SAMPLING_SEEDS": args.seeds, "SAMPLING_NS": args.ns,
-             "MLP_HIDDEN_DIM": args.mlp_hidden_dim, "MLP_LAYERS": args.mlp_layers, "MLP_LR": args.mlp_lr,
-             "MLP_EPOCHS": args.mlp_epochs}
+             "HEAD": args.heads, "MLP_HIDDEN_DIM": args.mlp_hidden_dim, "MLP_LAYERS": args.mlp_layers,
+             "MLP_LR": args.mlp_lr, "MLP_EPOCHS": args.mlp_epochs}
     return resolve_config(overrides_from_args(flags, args.set))
 
 
@@ -97,13 +119,18 @@ def max_latent_magnitude(dim):
     return float(np.sqrt(np.finfo(np.float32).max / (4 * dim)))
 
 
+def check_names(kind, names, known):
+    unknown = sorted(set(names) - set(known))
+    if unknown or not names:
+        raise InputError(f"{kind} {unknown or '[]'}: expected one or more of {list(known)}")
+    if len(set(names)) != len(names):
+        raise InputError(f"{kind} {names}: one listed twice would count its seeds twice")
+
+
 def check_plan(cfg, pool_size):
-    """Strategies, seeds and budgets that the pool can serve; budgets sorted ascending."""
-    unknown = sorted(set(cfg.SAMPLING_STRATEGIES) - set(STRATEGIES))
-    if unknown or not cfg.SAMPLING_STRATEGIES:
-        raise InputError(f"strategies {unknown or '[]'}: expected one or more of {list(STRATEGIES)}")
-    if len(set(cfg.SAMPLING_STRATEGIES)) != len(cfg.SAMPLING_STRATEGIES):
-        raise InputError(f"strategies {cfg.SAMPLING_STRATEGIES}: a strategy listed twice would count its seeds twice")
+    """Strategies, heads, seeds and budgets that the pool can serve; budgets sorted ascending."""
+    check_names("strategies", cfg.SAMPLING_STRATEGIES, STRATEGIES)
+    check_names("heads", cfg.HEAD, HEADS)
     if not cfg.SAMPLING_SEEDS or len(set(cfg.SAMPLING_SEEDS)) != len(cfg.SAMPLING_SEEDS):
         raise InputError(f"seeds {cfg.SAMPLING_SEEDS}: expected one or more distinct integers")
     if not cfg.SAMPLING_NS:
@@ -114,51 +141,90 @@ def check_plan(cfg, pool_size):
     return sorted(set(cfg.SAMPLING_NS))
 
 
+def load_reference(path):
+    """Mean curves of another run's summary.csv, {(head, strategy): (ns, mae means, p95 means or None)};
+    a summary without a head column (older runs) holds MLP heads."""
+    if path is None:
+        return {}
+    try:
+        summary = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise InputError(f"{path}: reference summary not readable ({err})") from None
+    missing = [column for column in ("strategy", "n_labels", "mae_mean") if column not in summary]
+    if missing:
+        raise InputError(f"{path}: reference summary lacks columns {missing}")
+    if "head" not in summary:
+        summary["head"] = "mlp"
+    curves = {}
+    for (head, strategy), frame in summary.sort_values("n_labels").groupby(["head", "strategy"]):
+        p95 = frame["p95_abs_error_mean"].to_numpy() if "p95_abs_error_mean" in frame else None
+        curves[head, strategy] = (frame["n_labels"].to_numpy(), frame["mae_mean"].to_numpy(), p95)
+    return curves
+
+
+def read_labelled(path, arrays):
+    """Pool rows (positions in idx_train) of the QM9 Index values in `path`, checked: every value a
+    molecule of the pool (arrays has qm9_index), none twice."""
+    try:
+        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: labelled-molecules file not readable ({err})") from None
+    if lines and not lines[0].lstrip("-").isdigit():  # a CSV with a header
+        header = lines[0].split(",")
+        if "qm9_index" not in header:
+            raise InputError(f"{path}: expected a qm9_index column or one QM9 Index value a line")
+        column = header.index("qm9_index")
+        lines = [line.split(",")[column] for line in lines[1:]]
+    try:
+        wanted = np.array([int(value) for value in lines], dtype=np.int64)
+    except ValueError as err:
+        raise InputError(f"{path}: not a QM9 Index value ({err})") from None
+    values, counts = np.unique(wanted, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(f"{path}: QM9 Index values listed twice: {values[counts > 1][:5].tolist()}")
+    pool_index = arrays["qm9_index"][arrays["idx_train"]]
+    position = {int(index): row for row, index in enumerate(pool_index)}
+    unknown = [int(v) for v in wanted if int(v) not in position]
+    if unknown:
+        known = set(arrays["qm9_index"].tolist())
+        outside = [v for v in unknown if v in known]
+        raise InputError(f"{path}: {len(unknown)} QM9 Index values are not in the training pool of the npz "
+                         f"({len(outside)} of them in its validation or test split), e.g. {unknown[:5]}")
+    return np.array([position[int(v)] for v in wanted], dtype=np.int64)
+
+
 # --- selection ---------------------------------------------------------------------
 
-def _nearest_distance(z, centres):
-    """Euclidean distance of every row of z (n, d) to the nearest of centres (c, d), from exact
-    differences in one pass over z: (n,)."""
-    return torch.cdist(z, centres, compute_mode="donot_use_mm_for_euclid_dist").amin(dim=1)
+def selection_latents(arrays, cfg, device):
+    """The pool latents (n, d) that every strategy measures, standardized per KCENTER_STANDARDIZE."""
+    z_pool = torch.as_tensor(arrays["z_all"][arrays["idx_train"]], dtype=torch.float32, device=device)
+    return standardize(z_pool, slice(None))[0] if cfg.KCENTER_STANDARDIZE else z_pool
 
 
-def kcenter_greedy(z, n_samples, seed, already_selected=None):
-    """Rows of z (n, d) picked greedily: each is the row farthest from every centre so far (a
-    2-approximation of the minimax covering). The first centre is drawn with `seed`, unless
-    `already_selected` rows are given: then they are the starting centres and are never picked.
-    The order is nested: its first k rows answer every smaller budget k. O(n d) per pick, O(n) memory."""
-    n = z.shape[0]
-    start = torch.as_tensor([] if already_selected is None else already_selected, dtype=torch.long, device=z.device)
-    if not 1 <= n_samples <= n - len(start):
-        raise InputError(f"k-center: cannot pick {n_samples} from {n} rows with {len(start)} already selected")
-    min_dist = torch.full((n,), float("inf"), dtype=z.dtype, device=z.device)
-    if len(start):
-        for chunk in start.split(1024):  # the nearest labelled row, a block of them at a time
-            min_dist = torch.minimum(min_dist, _nearest_distance(z, z[chunk]))
-        min_dist[start] = -1.0  # chosen rows never come back
-        centre = torch.argmax(min_dist).view(1)
-    else:
-        centre = torch.randint(n, (), generator=torch.Generator().manual_seed(seed)).view(1).to(z.device)
-    selected = torch.empty(n_samples, dtype=torch.long, device=z.device)
-    for k in range(n_samples):  # `centre` stays a 1-element tensor: no pick waits for the device
-        selected[k:k + 1] = centre
-        min_dist = torch.minimum(min_dist, _nearest_distance(z, z.index_select(0, centre)))
-        min_dist.index_fill_(0, centre, -1.0)
-        centre = torch.argmax(min_dist).view(1)
-    return selected
+def select_all(selector, plan, ns, pool_rows, out_dir, logger):
+    """Picks {(strategy, seed, N): pool rows (N,)} for every budget: one run to the largest N for a
+    nested strategy, one per N otherwise. The picks of the largest N are also saved as npz rows."""
+    selections = {}
+    for strategy, seed in plan:
+        start = time.perf_counter()
+        if selection.NESTED[strategy]:
+            order = selector(strategy, ns[-1], seed)
+            selections.update({(strategy, seed, n): order[:n] for n in ns})
+        else:
+            selections.update({(strategy, seed, n): selector(strategy, n, seed) for n in ns})
+        with atomic_path(out_dir / f"selected_{strategy}_seed{seed}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, pool_rows[selections[strategy, seed, ns[-1]].cpu().numpy()])
+        logger.info("selected %s with %s, seed %d, in %.2f s", ns if not selection.NESTED[strategy] else ns[-1],
+                    strategy, seed, time.perf_counter() - start)
+    return selections
 
 
-def random_selection(z, n_samples, seed):
-    """A seeded random order of the rows of z, cut to n_samples; nested like k-center."""
-    order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
-    return order[:n_samples].to(z.device)
-
-
-STRATEGIES = {"random": random_selection, "kcenter": kcenter_greedy}  # name -> fn(z_pool, n, seed)
-
-
-def select(strategy, z_pool, n_samples, seed):
-    return STRATEGIES[strategy](z_pool, n_samples, seed)
+def check_label_spread(selections, y_pool):
+    """Before any training: every selection's labels vary, or its head has nothing to fit."""
+    for (strategy, seed, n), rows in sorted(selections.items(), key=lambda item: item[0][2]):
+        if float(y_pool[rows].std()) == 0:
+            raise InputError(f"{strategy} seed {seed}: the {n} selected molecules all have the same label, so a "
+                             "head has nothing to fit")
 
 
 # --- property heads ----------------------------------------------------------------
@@ -271,19 +337,42 @@ def train_mlp_heads(x, y, x_val, y_val, seeds, cfg):
     return best, best_epoch, heads
 
 
+def krr_fit(x, y, x_val, y_val, widths, ridges):
+    """Kernel ridge regression with a Gaussian kernel, in float64: x (N, d), y (N,) standardized;
+    the width (a multiple of the median pairwise distance of x) and the ridge are the pair of the
+    grid with the lowest MAE on x_val (V, d), y_val (V,). One eigendecomposition per width serves
+    every ridge: alpha = Q (L + ridge)^-1 Q^T y. Returns {x, alpha (N,), gamma, width, ridge, val_mae}."""
+    x, y, x_val, y_val = (t.double() for t in (x, y, x_val, y_val))
+    squared = selection.squared_distances(x, x)
+    median = squared[tuple(torch.triu_indices(len(x), len(x), offset=1, device=x.device))].median().sqrt()
+    val_squared = selection.squared_distances(x_val, x)
+    best = {"val_mae": float("inf")}
+    for width in widths:
+        gamma = 1.0 / (2.0 * (width * median) ** 2)
+        eigenvalues, eigenvectors = torch.linalg.eigh(torch.exp(-gamma * squared))
+        projected = eigenvectors.T @ y  # (N,)
+        val_basis = torch.exp(-gamma * val_squared) @ eigenvectors  # (V, N)
+        for ridge in ridges:
+            coefficients = projected / (eigenvalues + ridge)
+            val_mae = float((val_basis @ coefficients - y_val).abs().mean())
+            if val_mae < best["val_mae"]:
+                best = {"x": x, "alpha": eigenvectors @ coefficients, "gamma": gamma, "width": width, "ridge": ridge,
+                        "val_mae": val_mae}
+    return best
+
+
+def krr_predict(model, x):
+    """Predictions (T,) of a krr_fit model at x (T, d), a block of rows at a time."""
+    return torch.cat([torch.exp(-model["gamma"] * selection.squared_distances(rows.double(), model["x"]))
+                      @ model["alpha"] for rows in x.split(4096)])
+
+
 def regression_metrics(y_true, y_pred):
-    """Test metrics in eV of one head."""
+    """Test metrics in eV of one head: the bulk (MAE, RMSE, R2) and the tail (95th percentile and
+    maximum of the absolute error)."""
+    error = np.abs(np.asarray(y_true, dtype=np.float64) - np.asarray(y_pred, dtype=np.float64))
     return {"mae": mae(y_true, y_pred), "rmse": rmse(y_true, y_pred), "r2": r2(y_true, y_pred),
-            "max_abs_error": float(np.max(np.abs(np.asarray(y_true) - np.asarray(y_pred))))}
-
-
-def eval_mlp(heads, params, x_test, y_test, y_mean, y_std):
-    """Metrics of every head on the test set: predictions are y_mean + y_std * head(x), in eV;
-    y_mean and y_std are (H, 1)."""
-    with torch.no_grad():
-        predictions = y_mean + y_std * heads.shared(params, x_test)
-    y_true = y_test.cpu().numpy()
-    return [regression_metrics(y_true, p) for p in predictions.cpu().numpy()]
+            "p95_abs_error": float(np.percentile(error, 95)), "max_abs_error": float(error.max())}
 
 
 # --- the experiment ----------------------------------------------------------------
@@ -297,26 +386,51 @@ def budget_inputs(chosen, inputs):
     return x_pool[chosen], (y_chosen - mean) / std, (inputs["val"][1][None] - mean) / std, (mean, std)
 
 
-def fit_budget(n_labels, plan, selections, inputs, cfg, logger):
-    """Train and test every (strategy, seed) head at budget n_labels together; one result row each."""
-    chosen = torch.stack([selections[key][:n_labels] for key in plan])  # (H, N) pool rows
-    x, y, y_val, (y_mean, y_std) = budget_inputs(chosen, inputs)
-    seeds = [seed for _, seed in plan]
-    start = time.perf_counter()
+def fit_mlp_heads(x, y, y_val, inputs, seeds, cfg):
+    """Test predictions (H, T) in standardized units of MLP heads trained together, and per head
+    its extra result columns."""
     params, best_epoch, heads = train_mlp_heads(x, y, inputs["val"][0], y_val, seeds, cfg)
+    with torch.no_grad():
+        predictions = heads.shared(params, inputs["test"][0])
+    return predictions, [{"best_epoch": epoch} for epoch in best_epoch.tolist()]
+
+
+def fit_krr_heads(x, y, y_val, inputs, seeds, cfg):
+    """As fit_mlp_heads, for kernel ridge heads fitted one after the other."""
+    predictions, columns = [], []
+    for h in range(len(seeds)):
+        model = krr_fit(x[h], y[h], inputs["val"][0], y_val[h], cfg.KRR_WIDTHS, cfg.KRR_RIDGES)
+        predictions.append(krr_predict(model, inputs["test"][0]))
+        columns.append({"krr_width": model["width"], "krr_ridge": model["ridge"]})
+    return torch.stack(predictions).to(y.dtype), columns
+
+
+FIT_HEADS = {"mlp": fit_mlp_heads, "krr": fit_krr_heads}
+
+
+def fit_budget(head, n_labels, plan, selections, inputs, cfg, logger):
+    """Train and test every (strategy, seed) head of one kind at budget n_labels; one result row each,
+    and the test predictions in eV (H, T) as numpy."""
+    chosen = torch.stack([selections[strategy, seed, n_labels] for strategy, seed in plan])  # (H, N) pool rows
+    x, y, y_val, (y_mean, y_std) = budget_inputs(chosen, inputs)
+    start = time.perf_counter()
+    predictions, columns = FIT_HEADS[head](x, y, y_val, inputs, [seed for _, seed in plan], cfg)
+    predictions = (y_mean + y_std * predictions).cpu().numpy()
     fit_seconds = (time.perf_counter() - start) / len(plan)
-    never = [key for key, epoch in zip(plan, best_epoch.tolist()) if epoch == 0]
+    never = [key for key, extra in zip(plan, columns) if extra.get("best_epoch") == 0]
     if never:  # its validation MAE was never finite: an untrained head is no result
         raise InputError(f"N={n_labels}: the heads of {never} diverged from the first epoch (validation MAE never "
                          f"finite); lower MLP_LR={cfg.MLP_LR}")
-    metrics = eval_mlp(heads, params, *inputs["test"], y_mean, y_std)
+    y_true = inputs["test"][1].cpu().numpy()
     rows = []
-    for (strategy, seed), m, epoch in zip(plan, metrics, best_epoch.tolist()):
-        rows.append({"strategy": strategy, "n_labels": n_labels, "seed": seed, **m, "best_epoch": epoch,
+    for (strategy, seed), prediction, extra in zip(plan, predictions, columns):
+        m = regression_metrics(y_true, prediction)
+        rows.append({"head": head, "strategy": strategy, "n_labels": n_labels, "seed": seed, **m, **extra,
                      "fit_seconds": fit_seconds})
-        logger.info("N=%5d %-8s seed %d: test MAE %.4f eV (%.1f meV) RMSE %.4f R2 %.3f, best epoch %d", n_labels,
-                    strategy, seed, m["mae"], 1000 * m["mae"], m["rmse"], m["r2"], epoch)
-    return rows
+        logger.info("%s N=%5d %-9s seed %d: test MAE %.4f eV RMSE %.4f R2 %.3f p95 %.4f max %.3f %s", head,
+                    n_labels, strategy, seed, m["mae"], m["rmse"], m["r2"], m["p95_abs_error"], m["max_abs_error"],
+                    " ".join(f"{key} {value:g}" for key, value in extra.items()))
+    return rows, predictions
 
 
 def label_efficiency(ns, random_mae, target_mae):
@@ -330,36 +444,54 @@ def label_efficiency(ns, random_mae, target_mae):
     return float("nan")
 
 
+def holm(p_values):
+    """Holm's step-down adjustment of p-values (m,) for m comparisons; NaN entries take no part and stay NaN."""
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full_like(p, np.nan)
+    order = [i for i in np.argsort(p, kind="stable") if not np.isnan(p[i])]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))  # adjusted p-values never decrease
+        adjusted[i] = running
+    return adjusted
+
+
+def paired_with_random(results, row, random_curve):
+    """Seed-paired MAE difference of one (head, strategy, N) to random, its standard error and
+    paired t-test p-value, and the random budget with the same mean MAE."""
+    key = ["head", "n_labels", "seed"]
+    mine = results[(results["head"] == row.head) & (results["strategy"] == row.strategy)
+                   & (results["n_labels"] == row.n_labels)].set_index(key)["mae"]
+    theirs = results[results["strategy"] == "random"].set_index(key)["mae"].reindex(mine.index)
+    diff = (mine - theirs).dropna().to_numpy()
+    n_equivalent = label_efficiency(random_curve.index.to_numpy(), random_curve.to_numpy(), row.mae_mean)
+    return {"mae_diff_vs_random": diff.mean() if len(diff) else np.nan,
+            "mae_diff_se": diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.nan,
+            "p_value_paired_t": stats.ttest_1samp(diff, 0.0).pvalue if len(diff) > 1 else np.nan,
+            "random_n_equivalent": n_equivalent, "label_efficiency": n_equivalent / row.n_labels}
+
+
 def summarize(results):
-    """Per (strategy, N): mean, std and count over seeds; for strategies other than random, the
-    seed-paired MAE difference to random with its standard error and paired t-test p-value, and
-    the random budget that reaches the same mean MAE (label_efficiency = that budget / N)."""
-    summary = results.groupby(["strategy", "n_labels"]).agg(
-        n_seeds=("seed", "size"), mae_mean=("mae", "mean"), mae_std=("mae", "std"), rmse_mean=("rmse", "mean"),
-        rmse_std=("rmse", "std"), r2_mean=("r2", "mean"), r2_std=("r2", "std")).reset_index()
-    if "random" not in set(results["strategy"]):
-        return summary
-    random_curve = summary[summary["strategy"] == "random"].sort_values("n_labels")
-    random_rows = results[results["strategy"] == "random"].set_index(["n_labels", "seed"])["mae"]
+    """Per (head, strategy, N): count, mean and std over seeds of every metric; for strategies other
+    than random, the comparison with random of the same head (paired_with_random) and its p-value
+    Holm-adjusted over all (strategy, N) comparisons of that head."""
+    aggregations = {"n_seeds": ("seed", "size")}
+    for metric in METRICS:
+        aggregations.update({f"{metric}_mean": (metric, "mean"), f"{metric}_std": (metric, "std")})
+    summary = results.groupby(["head", "strategy", "n_labels"]).agg(**aggregations).reset_index()
     paired = []
     for row in summary.itertuples():
-        if row.strategy == "random":
+        random_curve = summary[(summary["head"] == row.head) & (summary["strategy"] == "random")]
+        if row.strategy == "random" or random_curve.empty:
             paired.append({})
             continue
-        mine = results[(results["strategy"] == row.strategy) & (results["n_labels"] == row.n_labels)]
-        mine = mine.set_index(["n_labels", "seed"])["mae"]
-        theirs = random_rows.loc[mine.index]
-        diff = (mine - theirs).to_numpy()
-        n_equivalent = label_efficiency(random_curve["n_labels"].to_numpy(), random_curve["mae_mean"].to_numpy(),
-                                        row.mae_mean)
-        paired.append({
-            "mae_diff_vs_random": diff.mean(),
-            "mae_diff_se": diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.nan,
-            "p_value_paired_t": stats.ttest_rel(mine, theirs).pvalue if len(diff) > 1 else np.nan,
-            "random_n_equivalent": n_equivalent,
-            "label_efficiency": n_equivalent / row.n_labels,
-        })
-    return pd.concat([summary, pd.DataFrame(paired, index=summary.index)], axis=1)
+        paired.append(paired_with_random(results, row, random_curve.set_index("n_labels")["mae_mean"]))
+    summary = pd.concat([summary, pd.DataFrame(paired, index=summary.index)], axis=1)
+    if "p_value_paired_t" in summary:
+        summary.insert(summary.columns.get_loc("p_value_paired_t") + 1, "p_holm", np.nan)
+        for _, frame in summary.groupby("head"):
+            summary.loc[frame.index, "p_holm"] = holm(frame["p_value_paired_t"].to_numpy())
+    return summary
 
 
 def write_csv(frame, path):
@@ -367,21 +499,57 @@ def write_csv(frame, path):
         frame.to_csv(tmp, index=False)
 
 
-def write_outputs(out_dir, results, summary, ns, mean_predictor_mae):
-    """CSVs (per strategy, combined, summary) and the MAE learning curve, all at the end of the run."""
+def curve_panels(results, ns, metric):
+    """{head title: {strategy label: (seeds, len(ns)) values of metric}} for save_learning_curves."""
+    return {HEAD_TITLES[head]: {CURVE_LABELS[strategy]: frame.pivot(index="seed", columns="n_labels",
+                                                                    values=metric)[ns].to_numpy()
+                                for strategy, frame in by_head.groupby("strategy", sort=False)}
+            for head, by_head in results.groupby("head", sort=False)}
+
+
+def reference_panels(reference, heads, column):
+    """The reference run's curves of `column` (1: MAE, 2: p95) as save_learning_curves references."""
+    return {HEAD_TITLES[head]: {CURVE_LABELS.get(strategy, strategy): (curve[0], curve[column])
+                                for (ref_head, strategy), curve in reference.items()
+                                if ref_head == head and curve[column] is not None}
+            for head in heads}
+
+
+def label_budgets(ns):
+    """The one or two budgets whose picks selected_labels.png shows: the largest N <= 100, and the largest N."""
+    small = [n for n in ns if n <= 100]
+    return sorted({small[-1] if small else ns[0], ns[-1]})
+
+
+def write_plots(out_dir, results, ns, mean_predictor_mae, reference, parity, picked_labels, y_pool):
+    """curve_mae.png, curve_p95.png, parity.png and selected_labels.png."""
+    heads = list(dict.fromkeys(results["head"]))
+    save_learning_curves(ns, curve_panels(results, ns, "mae"), out_dir / "curve_mae.png",
+                         ylabel="test MAE of HOMO (eV)", references=reference_panels(reference, heads, 1),
+                         hline=(mean_predictor_mae, f"predict the train mean ({mean_predictor_mae:.3f} eV)"))
+    save_learning_curves(ns, curve_panels(results, ns, "p95_abs_error"), out_dir / "curve_p95.png",
+                         ylabel="95th percentile of the test |error| (eV)",
+                         references=reference_panels(reference, heads, 2))
+    save_parity({f"{HEAD_TITLES[head]}, N = {ns[-1]}": {CURVE_LABELS[strategy]: pair
+                                                        for (h, strategy), pair in parity.items() if h == head}
+                 for head in heads}, out_dir / "parity.png")
+    save_label_histograms(y_pool, {f"N = {n}, all seeds": {CURVE_LABELS[strategy]: values
+                                                           for (strategy, budget), values in picked_labels.items()
+                                                           if budget == n}
+                                   for n in label_budgets(ns)}, out_dir / "selected_labels.png")
+
+
+def write_outputs(out_dir, results, summary):
+    """results_<strategy>.csv (the spec's names for random and k-center), results_all.csv, summary.csv."""
     for strategy, frame in results.groupby("strategy"):
-        write_csv(frame, out_dir / RESULT_FILES[strategy])
+        write_csv(frame, out_dir / RESULT_FILES.get(strategy, f"results_{strategy}.csv"))
     write_csv(results, out_dir / "results_all.csv")
     write_csv(summary, out_dir / "summary.csv")
-    curves = {CURVE_LABELS[strategy]: frame.pivot(index="seed", columns="n_labels", values="mae")[ns].to_numpy()
-              for strategy, frame in results.groupby("strategy", sort=False)}
-    save_learning_curve(ns, curves, out_dir / "curve_mae.png", ylabel="test MAE of HOMO (eV)",
-                        hline=(mean_predictor_mae, f"predict the train mean ({mean_predictor_mae:.3f} eV)"))
 
 
 def experiment_inputs(arrays, cfg, device):
     """Head inputs {"pool", "val", "test": (x (rows, d), y (rows,))}, with x the latents standardized
-    by the (unlabelled) pool and "val" the early-stopping subset; and the pool latents k-center measures."""
+    by the (unlabelled) pool and "val" the early-stopping subset."""
     pool = torch.as_tensor(arrays["idx_train"], device=device)
     val_rows = arrays["idx_val"]
     if cfg.MLP_VAL_SIZE is not None and cfg.MLP_VAL_SIZE < len(val_rows):
@@ -391,64 +559,115 @@ def experiment_inputs(arrays, cfg, device):
     x_all = standardize(z_all, pool)[0]
     splits = {"pool": pool, "val": torch.as_tensor(val_rows, device=device),
               "test": torch.as_tensor(arrays["idx_test"], device=device)}
-    inputs = {name: (x_all[rows], y_all[rows]) for name, rows in splits.items()}
-    return inputs, x_all[pool] if cfg.KCENTER_STANDARDIZE else z_all[pool]
+    return {name: (x_all[rows], y_all[rows]) for name, rows in splits.items()}
 
 
-def select_all(plan, z_select, n_max, pool_rows, out_dir, logger):
-    """One nested selection to n_max per (strategy, seed), each also saved as npz rows in out_dir."""
-    selections = {}
-    for strategy, seed in plan:
-        start = time.perf_counter()
-        selections[strategy, seed] = select(strategy, z_select, n_max, seed)
-        with atomic_path(out_dir / f"selected_{strategy}_seed{seed}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, pool_rows[selections[strategy, seed].cpu().numpy()])
-        logger.info("selected %d with %s, seed %d, in %.2f s", n_max, strategy, seed, time.perf_counter() - start)
-    return selections
-
-
-def check_label_spread(selections, ns, y_pool):
-    """Before any training: every selection's labels vary at every budget, or its head has nothing to fit."""
-    for (strategy, seed), order in selections.items():
-        flat = [n for n in ns if float(y_pool[order[:n]].std()) == 0]
-        if flat:
-            raise InputError(f"{strategy} seed {seed}: the first {flat[0]} selected molecules all have the same "
-                             "label, so a head has nothing to fit")
-
-
-def run_experiment(cfg, arrays, ns, out_dir, device, logger):
-    """Selections, one batched fit per budget, statistics and outputs, for checked latents and budgets."""
-    inputs, z_select = experiment_inputs(arrays, cfg, device)
+def run_experiment(cfg, arrays, ns, out_dir, device, logger, reference=None):
+    """Selections, one batched fit per head kind and budget, statistics and outputs, for checked
+    latents and budgets; the time of each stage goes to the log."""
+    clock = time.perf_counter()
+    inputs = experiment_inputs(arrays, cfg, device)
+    z_select = selection_latents(arrays, cfg, device)
     y_pool, y_test = inputs["pool"][1], inputs["test"][1]
-    logger.info("latents: %d molecules, dim %d; pool %d, early-stopping val %d, test %d; budgets %s",
-                len(arrays["z_all"]), z_select.shape[1], len(y_pool), len(inputs["val"][1]), len(y_test), ns)
+    logger.info("latents: %d molecules, dim %d; pool %d, early-stopping val %d, test %d; budgets %s; heads %s",
+                len(arrays["z_all"]), z_select.shape[1], len(y_pool), len(inputs["val"][1]), len(y_test), ns,
+                cfg.HEAD)
     plan = [(strategy, seed) for strategy in cfg.SAMPLING_STRATEGIES for seed in cfg.SAMPLING_SEEDS]
-    selections = select_all(plan, z_select, ns[-1], arrays["idx_train"], out_dir, logger)
-    check_label_spread(selections, ns, y_pool)
+    selections = select_all(selection.Selector(z_select, cfg), plan, ns, arrays["idx_train"], out_dir, logger)
+    check_label_spread(selections, y_pool)
+    logger.info("stage selection: %.1f s", time.perf_counter() - clock)
     mean_predictor_mae = mae(y_test, torch.full_like(y_test, float(y_pool.mean())))
     logger.info("predicting the train-pool mean gives test MAE %.4f eV", mean_predictor_mae)
-    rows = []
-    for n_labels in tqdm(ns, desc="budgets", disable=None):
-        rows += fit_budget(n_labels, plan, selections, inputs, cfg, logger)
+    rows, parity = [], {}
+    for head in cfg.HEAD:
+        stage = time.perf_counter()
+        for n_labels in tqdm(ns, desc=f"{head} budgets", disable=None):
+            budget_rows, predictions = fit_budget(head, n_labels, plan, selections, inputs, cfg, logger)
+            rows += budget_rows
+        parity.update({(head, strategy): (y_test.cpu().numpy(), prediction)
+                       for (strategy, seed), prediction in zip(plan, predictions) if seed == cfg.SAMPLING_SEEDS[0]})
+        logger.info("stage %s heads: %.1f s", head, time.perf_counter() - stage)
+    stage = time.perf_counter()
     results = pd.DataFrame(rows)
     summary = summarize(results)
-    logger.info("summary (MAE in eV; diff = strategy - random, paired by seed):\n%s",
+    logger.info("summary (MAE in eV; diff = strategy - random of the same head, paired by seed):\n%s",
                 summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    write_outputs(out_dir, results, summary, ns, mean_predictor_mae)
-    logger.info("wrote results to %s", out_dir)
+    write_outputs(out_dir, results, summary)
+    picked_labels = {(strategy, n): torch.cat([y_pool[selections[strategy, seed, n]]
+                                               for seed in cfg.SAMPLING_SEEDS]).cpu().numpy()
+                     for strategy in cfg.SAMPLING_STRATEGIES for n in label_budgets(ns)}
+    write_plots(out_dir, results, ns, mean_predictor_mae, reference or {}, parity, picked_labels, y_pool.cpu().numpy())
+    logger.info("stage statistics and outputs: %.1f s", time.perf_counter() - stage)
+    logger.info("wrote results to %s; total %.1f s", out_dir, time.perf_counter() - clock)
+
+
+# --- selection only ------------------------------------------------------------------
+
+def check_selection_request(args, cfg, arrays):
+    """The strategy, budget and warm-start pool rows of a --select run, before any output exists."""
+    check_names("strategy", [args.select], STRATEGIES)
+    if "qm9_index" not in arrays:
+        raise InputError("the latents npz has no qm9_index, which --select needs to name the molecules")
+    labelled = read_labelled(args.labelled, arrays) if args.labelled else np.zeros(0, dtype=np.int64)
+    free = len(arrays["idx_train"]) - len(labelled)
+    if args.budget is None or not 1 <= args.budget <= free:
+        raise InputError(f"--budget {args.budget}: expected 1..{free}, the pool molecules not labelled yet")
+    return labelled
+
+
+def describe_picks(z_pool, picks, labelled, logger):
+    """Log where the picks lie in the pool's latent space: distance to the pool centre as a pool
+    percentile (a typical molecule sits at 50, an outlier near 100), and how far pool molecules are
+    from their nearest labelled one (labelled before or picked now)."""
+    to_centre = (z_pool - z_pool.mean(dim=0)).norm(dim=1)
+    percentile = 100.0 * (to_centre[None, :] < to_centre[picks][:, None]).double().mean(dim=1)
+    known = torch.cat([torch.as_tensor(labelled, dtype=torch.long, device=z_pool.device), picks])
+    coverage = torch.cat([selection.nearest_distance(rows, z_pool[known]) for rows in z_pool.split(16_384)])
+    logger.info("picks' distance to the pool's latent centre: median at pool percentile %.0f (10%%-90%% of "
+                "picks: %.0f-%.0f); pool distance to the nearest labelled molecule: mean %.3f, max %.3f "
+                "(standardized latent units)", float(percentile.median()), float(percentile.quantile(0.1)),
+                float(percentile.quantile(0.9)), float(coverage.mean()), float(coverage.max()))
+
+
+def run_selection(args, cfg, arrays, labelled, out_dir, device, logger):
+    """Pick --budget pool molecules with --select after the `labelled` pool rows; write to_label.csv."""
+    start = time.perf_counter()
+    z_pool = selection_latents(arrays, cfg, device)
+    picks = selection.Selector(z_pool, cfg)(args.select, args.budget, args.seed, labelled)
+    logger.info("picked %d of %d pool molecules (%d labelled before) with %s, seed %d, in %.2f s", args.budget,
+                len(z_pool), len(labelled), args.select, args.seed, time.perf_counter() - start)
+    describe_picks(z_pool, picks, labelled, logger)
+    pool_rows = picks.cpu().numpy()
+    npz_rows = arrays["idx_train"][pool_rows]
+    write_csv(pd.DataFrame({"rank": np.arange(1, len(pool_rows) + 1), "qm9_index": arrays["qm9_index"][npz_rows],
+                            "pool_row": pool_rows, "npz_row": npz_rows}), out_dir / "to_label.csv")
+    logger.info("wrote %s", out_dir / "to_label.csv")
 
 
 def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_args(args)
     arrays = load_latents(args.latents)  # every input is checked before the run folder exists
+    if args.select is not None:
+        labelled = check_selection_request(args, cfg, arrays)
+        device = get_device(args.device)
+        out_dir = args.out_dir or default_run_dir(cfg, "selection")
+        check_new_run_dir(out_dir)
+        with run_folder(out_dir):
+            logger = start_run(cfg, out_dir, "selection", "selection.log", latents=str(args.latents),
+                               strategy=args.select, budget=args.budget, seed=args.seed,
+                               labelled=str(args.labelled) if args.labelled else None)
+            run_selection(args, cfg, arrays, labelled, out_dir, device, logger)
+        return
     ns = check_plan(cfg, len(arrays["idx_train"]))
+    reference = load_reference(args.reference)
     device = get_device(args.device)
     out_dir = args.out_dir or default_run_dir(cfg, "sampling")
     check_new_run_dir(out_dir)
     with run_folder(out_dir):
-        logger = start_run(cfg, out_dir, "sampling", "sampling.log", latents=str(args.latents))
-        run_experiment(cfg, arrays, ns, out_dir, device, logger)
+        logger = start_run(cfg, out_dir, "sampling", "sampling.log", latents=str(args.latents),
+                           reference=str(args.reference) if args.reference else None)
+        run_experiment(cfg, arrays, ns, out_dir, device, logger, reference)
 
 
 if __name__ == "__main__":

@@ -155,37 +155,100 @@ def train_val_test_split_indices(n, ratios, seed):
 
 # --- plots -------------------------------------------------------------------------
 
-def save_learning_curve(xs, ys_dict, out_png, ylabel="test MAE (eV)", hline=None):
-    """Log-log learning curves: for each label, ys is (runs, len(xs)); draws the mean over runs
-    and a geometric +-1 std band (mean times/divided by exp(std of log y)), which stays positive.
-    `hline` = (value, label) adds a horizontal reference line."""
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for label, ys in ys_dict.items():
-        ys = np.asarray(ys, dtype=np.float64)
-        mean = ys.mean(axis=0)
-        spread = np.exp(np.log(ys).std(axis=0))
-        (line,) = ax.plot(xs, mean, marker="o", label=f"{label} (mean of {len(ys)})")
-        ax.fill_between(xs, mean / spread, mean * spread, color=line.get_color(), alpha=0.2)
-    if hline is not None:
-        ax.axhline(hline[0], color="gray", linestyle="--", label=hline[1])
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    plain = matplotlib.ticker.FormatStrFormatter("%g")  # 0.3 and 100 rather than 3x10^-1 and 10^2
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-    ax.set_xlabel("labelled molecules N")
-    ax.set_ylabel(ylabel)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+
+def _save_figure(fig, out_png):
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
+
+
+def save_learning_curves(xs, panels, out_png, ylabel="test MAE (eV)", hline=None, references=None):
+    """Log-log learning curves, one panel per title of `panels` {title: {label: ys (runs, len(xs))}}:
+    the mean over runs and a geometric +-1 std band (mean times/divided by exp(std of log y)), which
+    stays positive. `references` {title: {label: (xs, means)}} adds dashed curves of another run in
+    the colour of the same label; `hline` = (value, label) a horizontal line in every panel."""
+    plt = _pyplot()
+    import matplotlib.ticker
+
+    labels = list(dict.fromkeys(label for curves in panels.values() for label in curves))
+    colours = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(labels)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels.items()):
+        for label, ys in curves.items():
+            ys = np.asarray(ys, dtype=np.float64)
+            mean = ys.mean(axis=0)
+            spread = np.exp(np.log(ys).std(axis=0))
+            ax.plot(xs, mean, marker="o", color=colours[label], label=f"{label} (mean of {len(ys)})")
+            ax.fill_between(xs, mean / spread, mean * spread, color=colours[label], alpha=0.15)
+        for label, (ref_xs, ref_means) in (references or {}).get(title, {}).items():
+            ax.plot(ref_xs, ref_means, linestyle="--", marker="x", color=colours.get(label, "black"),
+                    label=f"{label}, reference run")
+        if hline is not None:
+            ax.axhline(hline[0], color="gray", linestyle=":", label=hline[1])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        plain = matplotlib.ticker.FormatStrFormatter("%g")  # 0.3 and 100 rather than 3x10^-1 and 10^2
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.set_xlabel("labelled molecules N")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    _save_figure(fig, out_png)
+
+
+def save_parity(panels, out_png, unit="eV"):
+    """Predicted against true values, one square panel per (row title, column title) of `panels`
+    {row: {column: (y_true (T,), y_pred (T,))}}, with the diagonal and the MAE in each panel."""
+    plt = _pyplot()
+    columns = list(dict.fromkeys(column for row in panels.values() for column in row))
+    fig, axes = plt.subplots(len(panels), len(columns), figsize=(3.2 * len(columns), 3.2 * len(panels)),
+                             squeeze=False)
+    every = np.concatenate([np.concatenate(pair) for row in panels.values() for pair in row.values()])
+    limits = (np.percentile(every, 0.05), np.percentile(every, 99.95))
+    for ax_row, (row_title, row) in zip(axes, panels.items()):
+        for ax, column in zip(ax_row, columns):
+            if column not in row:
+                ax.set_visible(False)
+                continue
+            y_true, y_pred = row[column]
+            ax.scatter(y_true, y_pred, s=2, alpha=0.25, linewidths=0)
+            ax.plot(limits, limits, color="black", linewidth=0.8)
+            ax.set_xlim(limits)
+            ax.set_ylim(limits)
+            ax.set_aspect("equal")
+            ax.set_title(f"{row_title}: {column}\nMAE {np.mean(np.abs(y_true - y_pred)):.3f} {unit}", fontsize="small")
+            ax.set_xlabel(f"true ({unit})")
+            ax.set_ylabel(f"predicted ({unit})")
+    _save_figure(fig, out_png)
+
+
+def save_label_histograms(pool, panels, out_png, xlabel="HOMO (eV)"):
+    """Density histograms of labels, one panel per title of `panels` {title: {label: values}}, each
+    drawn over the density of `pool` (all values), so a selection's bias is visible."""
+    plt = _pyplot()
+    pool = np.asarray(pool, dtype=np.float64)
+    bins = np.linspace(*np.percentile(pool, [0.1, 99.9]), 41)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (title, histograms) in zip(axes[0], panels.items()):
+        ax.hist(pool, bins=bins, density=True, color="lightgray", label=f"pool ({len(pool):,})")
+        for label, values in histograms.items():
+            ax.hist(np.clip(values, bins[0], bins[-1]), bins=bins, density=True, histtype="step", linewidth=1.5,
+                    label=f"{label} ({len(values):,})")
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("density")
+        ax.legend(fontsize="small")
+    _save_figure(fig, out_png)
 
 
 # --- configs -----------------------------------------------------------------------
@@ -228,6 +291,8 @@ def _coerce(name, value, default):
     if default is None:  # an optional count
         return None if value is None else _coerce_scalar(name, value, 1)
     if isinstance(default, (tuple, list)):
+        if isinstance(value, str) and isinstance(default[0], str):  # one name stands for a list of one
+            value = [value]
         if not isinstance(value, (tuple, list)):
             raise InputError(f"{name}={value!r}: expected a list, like the default {default!r}")
         return type(default)(_coerce_scalar(name, item, default[0]) for item in value)

@@ -9,6 +9,7 @@ from test_sampling import write_latents
 
 import data
 import sampling_mlp_experiment as sm
+import selection
 import train_encoder_qm9 as tr
 from utils import default_config, resolve_config
 
@@ -21,15 +22,18 @@ ENCODER_RUN = {"ENC_LR": 3e-3, "ENC_BATCH_SIZE": 8, "ENC_EPOCHS": 2, "SEED": 1, 
                "DEC_HIDDEN_DIM": 64}
 SAMPLING_RUN = {"MLP_HIDDEN_DIM": 48, "MLP_LAYERS": 1, "MLP_LR": 3e-3, "MLP_EPOCHS": 15, "MLP_BATCH_SIZE": 8,
                 "MLP_PATIENCE": 1, "SAMPLING_NS": [10, 20], "SAMPLING_SEEDS": [0, 2],
-                "SAMPLING_STRATEGIES": ["kcenter"], "KCENTER_STANDARDIZE": False}
+                "SAMPLING_STRATEGIES": ["kcenter"], "KCENTER_STANDARDIZE": False, "HEAD": ["krr"],
+                "KRR_WIDTHS": [3.0], "KRR_RIDGES": [0.5]}
+SELECTION = {"KMEANS_ITERATIONS": 1, "TYPICLUST_K": 2, "TYPICLUST_MIN_CLUSTER_SIZE": 40, "HERDING_WIDTH": 0.3,
+             "HERDING_SAMPLE": 50}  # each changes the picks of the strategy that uses it
 ELSEWHERE = {"DATA_ROOT", "OUTPUT_DIR", "EVAL_BATCH_SIZE", "ENC_LR_FACTOR", "ENC_LR_PATIENCE", "MLP_VAL_SIZE",
              "ENC_COMPILE", "DIST_TIMEOUT_S"}  # DIST_TIMEOUT_S: tests/test_distributed.py
 
 
 def test_every_constant_has_a_behaviour_test():
-    covered = set(ENCODER_MODEL) | set(DESCRIPTORS) | set(ENCODER_RUN) | set(SAMPLING_RUN) | ELSEWHERE
+    covered = set(ENCODER_MODEL) | set(DESCRIPTORS) | set(ENCODER_RUN) | set(SAMPLING_RUN) | set(SELECTION) | ELSEWHERE
     assert covered == set(vars(default_config()))
-    for name, value in {**ENCODER_MODEL, **DESCRIPTORS, **ENCODER_RUN, **SAMPLING_RUN}.items():
+    for name, value in {**ENCODER_MODEL, **DESCRIPTORS, **ENCODER_RUN, **SAMPLING_RUN, **SELECTION}.items():
         assert value != getattr(default_config(), name), name
 
 
@@ -133,7 +137,8 @@ def test_plateau_settings_decide_when_the_learning_rate_drops():
 
 
 def sampling_run(folder, latents, *extra):
-    fixed = ["--ns", "10", "30", "--seeds", "0", "1", "--strategies", "random", "kcenter", "--set", "MLP_EPOCHS=10",
+    fixed = ["--ns", "10", "30", "--seeds", "0", "1", "--strategies", "random", "kcenter", "--heads", "mlp", "krr",
+             "--set", "MLP_EPOCHS=10",
              "--set", "MLP_HIDDEN_DIM=32", "--set", "MLP_PATIENCE=3", "--set", "MLP_LR=1e-2"]
     sm.main(["--latents", str(latents), "--out-dir", str(folder), *fixed, *extra])
     return pd.read_csv(folder / "results_all.csv").drop(columns="fit_seconds"), (folder / "sampling.log").read_text()
@@ -163,3 +168,14 @@ def test_mlp_val_size_sets_the_early_stopping_subset(tmp_path, skewed_latents, s
     _, log = sampling_run(tmp_path, skewed_latents, "--set", "MLP_VAL_SIZE=25")
     assert "early-stopping val 25," in log
     assert "early-stopping val 90," in sampling_baseline[1]  # all of the 90 validation molecules
+
+
+@pytest.mark.parametrize("name", SELECTION)
+def test_selection_settings_change_the_picks(name):
+    z = torch.randn(400, 4, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 1.0, 3.0, 0.3])
+    strategy = {"KMEANS": "kmeans", "TYPICLUST": "typiclust", "HERDING": "herding"}[name.split("_")[0]]
+    picks = {}
+    for cfg in (resolve_config(), resolve_config({name: SELECTION[name]})):
+        select = selection.Selector(z, cfg)
+        picks[len(picks)] = torch.cat([select(strategy, n, seed=1) for n in (8, 30)]).tolist()
+    assert picks[0] != picks[1]

@@ -1,12 +1,11 @@
-"""k-center greedy, the property heads, the statistics and the experiment script end to end."""
-import itertools
-
+"""The property heads, the statistics, the experiment script end to end and selection-only runs."""
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import expect_input_error
 from scipy import stats
+from scipy.spatial.distance import cdist, pdist
 
 import sampling_mlp_experiment as sm
 from utils import InputError, resolve_config
@@ -23,63 +22,6 @@ def write_latents(path, n=600, dim=16, seed=0, **replace):
     arrays.update(replace)
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
     return path
-
-
-# --- k-center greedy ----------------------------------------------------------------
-
-def brute_force_kcenter(z, k, first):
-    """The textbook greedy on a full distance matrix."""
-    dist = np.linalg.norm(z[:, None] - z[None], axis=-1)
-    picks = [first]
-    while len(picks) < k:
-        picks.append(int(np.argmax(dist[:, picks].min(axis=1))))
-    return picks
-
-
-def covering_radius(z, centres):
-    return np.linalg.norm(z[:, None] - z[None, centres], axis=-1).min(axis=1).max()
-
-
-def test_kcenter_matches_brute_force_and_draws_the_first_centre_from_the_seed():
-    for seed in range(5):
-        z = torch.randn(200, 8, generator=torch.Generator().manual_seed(100 + seed), dtype=torch.float64)
-        picks = sm.kcenter_greedy(z, 25, seed)
-        first = int(torch.randint(200, (), generator=torch.Generator().manual_seed(seed)))
-        assert picks.tolist() == brute_force_kcenter(z.numpy(), 25, first)
-    firsts = {int(sm.kcenter_greedy(z, 1, seed)[0]) for seed in range(20)}
-    assert len(firsts) > 10  # the first centre is not always row 0
-
-
-def test_kcenter_covering_radius_is_within_twice_the_optimum():
-    for trial in range(4):
-        z = np.random.default_rng(trial).normal(size=(11, 2))
-        for k in (2, 3, 4):
-            optimum = min(covering_radius(z, list(c)) for c in itertools.combinations(range(11), k))
-            greedy = covering_radius(z, sm.kcenter_greedy(torch.tensor(z), k, seed=trial).tolist())
-            assert optimum <= greedy <= 2 * optimum + 1e-12
-
-
-def test_kcenter_worked_example_with_a_warm_start():
-    z = torch.tensor([[0.0], [1.0], [5.0], [9.0], [10.0], [0.0]])
-    # from the labelled row 0 (and its duplicate, row 5): 10 is farthest, then 5, then the tie 1 vs 9 goes to row 1
-    assert sm.kcenter_greedy(z, 3, seed=0, already_selected=[0]).tolist() == [4, 2, 1]
-
-
-def test_kcenter_never_repeats_or_returns_warm_start_rows():
-    z = torch.randn(50, 4, generator=torch.Generator().manual_seed(0)).repeat(2, 1)  # every point twice
-    picks = sm.kcenter_greedy(z, 90, seed=1, already_selected=[3, 7, 60])
-    assert len(set(picks.tolist())) == 90
-    assert not {3, 7, 60} & set(picks.tolist())
-    with pytest.raises(InputError, match="cannot pick 98 from 100 rows with 3 already selected"):
-        sm.kcenter_greedy(z, 98, seed=1, already_selected=[3, 7, 60])
-
-
-def test_selection_orders_are_nested_and_seeded():
-    z = torch.randn(300, 6, generator=torch.Generator().manual_seed(0))
-    for strategy in sm.STRATEGIES:
-        long, short = sm.select(strategy, z, 40, seed=3), sm.select(strategy, z, 15, seed=3)
-        assert short.tolist() == long[:15].tolist()
-        assert sm.select(strategy, z, 15, seed=4).tolist() != short.tolist()
 
 
 # --- heads ----------------------------------------------------------------------------
@@ -127,6 +69,40 @@ def test_early_stopping_restores_the_best_validation_weights(monkeypatch):
         torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0)
 
 
+def test_kernel_ridge_head_equals_the_closed_form_solve():
+    generator = torch.Generator().manual_seed(0)
+    x, x_val = torch.randn(30, 3, generator=generator), torch.randn(40, 3, generator=generator)
+    y, y_val = torch.sin(x[:, 0]) + 0.1 * torch.randn(30, generator=generator), torch.sin(x_val[:, 0])
+    model = sm.krr_fit(x, y, x_val, y_val, widths=[0.7], ridges=[0.05])
+    x, y = x.double(), y.double()
+    median = np.median(pdist(x.numpy()))
+    gamma = 1 / (2 * (0.7 * median) ** 2)
+    kernel = np.exp(-gamma * cdist(x.numpy(), x.numpy()) ** 2)
+    alpha = np.linalg.solve(kernel + 0.05 * np.eye(30), y.numpy())
+    np.testing.assert_allclose(model["alpha"].numpy(), alpha, rtol=1e-8, atol=1e-10)
+    expected = np.exp(-gamma * cdist(x_val.double().numpy(), x.numpy()) ** 2) @ alpha
+    np.testing.assert_allclose(sm.krr_predict(model, x_val).numpy(), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_kernel_ridge_keeps_the_width_and_ridge_with_the_lowest_validation_mae():
+    generator = torch.Generator().manual_seed(1)
+    x, x_val = torch.randn(50, 4, generator=generator), torch.randn(60, 4, generator=generator)
+    y, y_val = x[:, 0] ** 2 + 0.3 * torch.randn(50, generator=generator), x_val[:, 0] ** 2
+    widths, ridges = [0.2, 1.0, 5.0], [1e-4, 1e-1, 10.0]
+    val_mae = {(w, r): float((sm.krr_predict(sm.krr_fit(x, y, x_val, y_val, [w], [r]), x_val) - y_val).abs().mean())
+               for w in widths for r in ridges}
+    best = sm.krr_fit(x, y, x_val, y_val, widths, ridges)
+    assert (best["width"], best["ridge"]) == min(val_mae, key=val_mae.get)
+    assert best["val_mae"] == pytest.approx(min(val_mae.values()))
+
+
+def test_holm_adjustment_by_hand():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> raised to 0.06
+    adjusted = sm.holm([0.01, 0.04, np.nan, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, np.nan, 0.06, 0.02])
+    assert sm.holm([0.6, 0.9]).tolist() == [1.0, 1.0]
+
+
 def test_label_efficiency_interpolates_in_log_log():
     ns, random_mae = np.array([10, 100, 1000]), np.array([0.4, 0.2, 0.1])
     assert sm.label_efficiency(ns, random_mae, 0.2) == pytest.approx(100)
@@ -139,6 +115,7 @@ def test_label_efficiency_interpolates_in_log_log():
 
 QUICK = ["--ns", "10", "40", "150", "--seeds", "0", "1", "2", "--set", "MLP_EPOCHS=80", "--set", "MLP_PATIENCE=10",
          "--set", "MLP_HIDDEN_DIM=64"]
+STRATEGIES = sm.STRATEGIES
 
 
 @pytest.fixture(scope="module")
@@ -151,15 +128,24 @@ def experiment(tmp_path_factory):
 def test_every_output_is_written_with_complete_rows(experiment):
     names = {p.name for p in experiment.iterdir()}
     expected = {"config.json", "run_info.json", "sampling.log", "results_random.csv", "results_latent.csv",
-                "results_all.csv", "summary.csv", "curve_mae.png"}
-    expected |= {f"selected_{s}_seed{k}.npy" for s in sm.STRATEGIES for k in range(3)}
+                "results_kmeans.csv", "results_typiclust.csv", "results_herding.csv", "results_all.csv", "summary.csv",
+                "curve_mae.png", "curve_p95.png", "parity.png", "selected_labels.png"}
+    expected |= {f"selected_{s}_seed{k}.npy" for s in STRATEGIES for k in range(3)}
     assert names == expected
     results = pd.read_csv(experiment / "results_all.csv")
-    assert len(results) == 2 * 3 * 3 and not results.isna().any().any()
-    assert {"strategy", "n_labels", "seed", "mae", "rmse", "r2", "max_abs_error", "fit_seconds"} <= set(results)
+    assert len(results) == 2 * len(STRATEGIES) * 3 * 3
+    metrics = ["head", "strategy", "n_labels", "seed", "mae", "rmse", "r2", "p95_abs_error", "max_abs_error",
+               "fit_seconds"]
+    assert not results[metrics].isna().any().any()
+    assert not results[results["head"] == "mlp"]["best_epoch"].isna().any()
+    assert not results[results["head"] == "krr"][["krr_width", "krr_ridge"]].isna().any().any()
+    assert (results["max_abs_error"] >= results["p95_abs_error"]).all()
+    assert (results["p95_abs_error"] >= results["mae"]).all()
     assert (pd.read_csv(experiment / "results_latent.csv")["strategy"] == "kcenter").all()
     selected = np.load(experiment / "selected_kcenter_seed1.npy")
     assert len(selected) == 150 and len(set(selected)) == 150
+    log = (experiment / "sampling.log").read_text()
+    assert all(f"stage {stage}" in log for stage in ("selection", "mlp heads", "krr heads", "statistics and outputs"))
 
 
 def test_heads_beat_the_mean_predictor(experiment, tmp_path):
@@ -167,30 +153,40 @@ def test_heads_beat_the_mean_predictor(experiment, tmp_path):
     with np.load(write_latents(tmp_path / "same.npz")) as npz:
         y_train, y_test = npz["y_all"][npz["idx_train"]], npz["y_all"][npz["idx_test"]]
     mean_predictor = np.abs(y_test - y_train.mean()).mean()
-    assert results[results["n_labels"] == 150]["mae"].max() < 0.6 * mean_predictor
+    for head, frame in results[results["n_labels"] == 150].groupby("head"):
+        assert frame["mae"].max() < 0.6 * mean_predictor, head
 
 
 def test_summary_equals_a_hand_computation(experiment):
     results = pd.read_csv(experiment / "results_all.csv")
-    summary = pd.read_csv(experiment / "summary.csv").set_index(["strategy", "n_labels"])
-    random_curve = results[results.strategy == "random"].groupby("n_labels")["mae"].mean()
-    for n in (10, 40, 150):
-        r = results[(results.strategy == "random") & (results.n_labels == n)].sort_values("seed")["mae"].to_numpy()
-        k = results[(results.strategy == "kcenter") & (results.n_labels == n)].sort_values("seed")["mae"].to_numpy()
-        row = summary.loc[("kcenter", n)]
-        assert row["n_seeds"] == 3
-        assert row["mae_mean"] == pytest.approx(k.mean())
-        assert row["mae_std"] == pytest.approx(np.sqrt(((k - k.mean()) ** 2).sum() / 2))
-        diff = k - r
-        se = np.sqrt(((diff - diff.mean()) ** 2).sum() / 2) / np.sqrt(3)
-        assert row["mae_diff_vs_random"] == pytest.approx(diff.mean())
-        assert row["mae_diff_se"] == pytest.approx(se)
-        t = diff.mean() / se
-        assert row["p_value_paired_t"] == pytest.approx(2 * stats.t.sf(abs(t), df=2))
-        expected_n = sm.label_efficiency(random_curve.index.to_numpy(), random_curve.to_numpy(), k.mean())
-        assert row["random_n_equivalent"] == pytest.approx(expected_n, nan_ok=True)
-        assert row["label_efficiency"] == pytest.approx(expected_n / n, nan_ok=True)
-    assert np.isnan(summary.loc[("random", 10), "mae_diff_vs_random"])
+    summary = pd.read_csv(experiment / "summary.csv").set_index(["head", "strategy", "n_labels"])
+    for head in ("mlp", "krr"):
+        mine = results[results["head"] == head]
+        random_curve = mine[mine.strategy == "random"].groupby("n_labels")["mae"].mean()
+        p_values = {}
+        for strategy in STRATEGIES[1:]:
+            for n in (10, 40, 150):
+                r = mine[(mine.strategy == "random") & (mine.n_labels == n)].sort_values("seed")["mae"].to_numpy()
+                k = mine[(mine.strategy == strategy) & (mine.n_labels == n)].sort_values("seed")["mae"].to_numpy()
+                row = summary.loc[(head, strategy, n)]
+                assert row["n_seeds"] == 3
+                assert row["mae_mean"] == pytest.approx(k.mean())
+                assert row["mae_std"] == pytest.approx(np.sqrt(((k - k.mean()) ** 2).sum() / 2))
+                diff = k - r
+                se = np.sqrt(((diff - diff.mean()) ** 2).sum() / 2) / np.sqrt(3)
+                assert row["mae_diff_vs_random"] == pytest.approx(diff.mean())
+                assert row["mae_diff_se"] == pytest.approx(se)
+                p_values[strategy, n] = 2 * stats.t.sf(abs(diff.mean() / se), df=2)
+                assert row["p_value_paired_t"] == pytest.approx(p_values[strategy, n])
+                expected_n = sm.label_efficiency(random_curve.index.to_numpy(), random_curve.to_numpy(), k.mean())
+                assert row["random_n_equivalent"] == pytest.approx(expected_n, nan_ok=True)
+                assert row["label_efficiency"] == pytest.approx(expected_n / n, nan_ok=True)
+        ranked = sorted(p_values, key=p_values.get)  # Holm over this head's 12 comparisons
+        m, running = len(ranked), 0.0
+        for i, key in enumerate(ranked):
+            running = max(running, min(1.0, (m - i) * p_values[key]))
+            assert summary.loc[(head, *key), "p_holm"] == pytest.approx(running)
+        assert np.isnan(summary.loc[(head, "random", 10), "mae_diff_vs_random"])
 
 
 def test_same_seed_same_numbers_under_load(experiment, tmp_path, busy_cores):
@@ -209,6 +205,52 @@ SPLIT = {"idx_train": np.arange(420), "idx_val": np.arange(420, 510), "idx_test"
 FLAT_TEST = np.r_[np.linspace(-7, -6, 510), np.full(90, -6.5)]
 
 
+def test_reference_curves_come_from_another_runs_summary(experiment, tmp_path):
+    reference = sm.load_reference(experiment / "summary.csv")
+    assert set(reference) == {(head, s) for head in ("mlp", "krr") for s in STRATEGIES}
+    ns, mae_means, p95_means = reference["krr", "typiclust"]
+    summary = pd.read_csv(experiment / "summary.csv")
+    rows = summary[(summary["head"] == "krr") & (summary["strategy"] == "typiclust")]
+    assert ns.tolist() == [10, 40, 150] and mae_means.tolist() == rows["mae_mean"].tolist()
+    older = tmp_path / "old_summary.csv"  # a run from before heads had names: MLP heads, no p95
+    summary.drop(columns=["head", "p95_abs_error_mean"]).head(3).to_csv(older, index=False)
+    assert list(sm.load_reference(older)) == [("mlp", "herding")]
+    panels = sm.reference_panels(sm.load_reference(older), ["mlp", "krr"], 2)
+    assert panels == {sm.HEAD_TITLES["mlp"]: {}, sm.HEAD_TITLES["krr"]: {}}
+    sm.main(["--latents", str(write_latents(tmp_path / "latents.npz")), "--out-dir", str(tmp_path / "out"), "--ns",
+             "10", "20", "--seeds", "0", "1", "--strategies", "random", "herding", "--heads", "krr", "--reference",
+             str(experiment / "summary.csv")])
+    assert (tmp_path / "out" / "curve_mae.png").exists()
+
+
+def labelled_file(path, lines):
+    path.write_text("\n".join(str(line) for line in lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
+    latents = write_latents(tmp_path / "latents.npz")
+    with np.load(latents) as npz:
+        pool, qm9_index = npz["idx_train"], npz["qm9_index"]
+    labelled = qm9_index[pool[[3, 50, 7]]]
+    sm.main(["--latents", str(latents), "--out-dir", str(tmp_path / "pick"), "--select", strategy, "--budget", "12",
+             "--labelled", str(labelled_file(tmp_path / "done.txt", labelled)), "--seed", "4"])
+    to_label = pd.read_csv(tmp_path / "pick" / "to_label.csv")
+    assert list(to_label) == ["rank", "qm9_index", "pool_row", "npz_row"]
+    assert to_label["rank"].tolist() == list(range(1, 13))
+    assert (to_label["npz_row"] == pool[to_label["pool_row"]]).all()
+    assert (to_label["qm9_index"] == qm9_index[to_label["npz_row"]]).all()
+    z_pool = sm.selection_latents(sm.load_latents(latents), resolve_config(), torch.device("cpu"))
+    expected = sm.selection.Selector(z_pool, resolve_config())(strategy, 12, 4, [3, 50, 7])
+    assert to_label["pool_row"].tolist() == expected.tolist()
+    assert "pool percentile" in (tmp_path / "pick" / "selection.log").read_text()
+    # once labelled, the picks are the warm start of the next round
+    sm.main(["--latents", str(latents), "--out-dir", str(tmp_path / "next"), "--select", strategy, "--budget", "5",
+             "--labelled", str(tmp_path / "pick" / "to_label.csv")])
+    assert not set(pd.read_csv(tmp_path / "next" / "to_label.csv")["qm9_index"]) & set(to_label["qm9_index"])
+
+
 @pytest.mark.parametrize("replace, argv, message", [
     ({}, ["--latents", "nowhere.npz"], "nowhere.npz: latents file not found"),
     ({"y_all": None, "idx_val": None}, [], "missing keys ['y_all', 'idx_val']; expected ['z_all', 'y_all', "
@@ -219,11 +261,14 @@ FLAT_TEST = np.r_[np.linspace(-7, -6, 510), np.full(90, -6.5)]
     ({}, ["--ns", "10", "421"], "label budgets [421]: each N must be in 2..420"),
     ({}, ["--ns", "1", "10"], "label budgets [1]: each N must be in 2..420"),
     ({}, ["--strategies", "random", "uncertainty"], "strategies ['uncertainty']: expected one or more of"),
+    ({}, ["--heads", "mlp", "gp"], "heads ['gp']: expected one or more of ['mlp', 'krr']"),
+    ({}, ["--set", "HEAD=[]"], "heads []: expected one or more of"),
     ({}, ["--set", "SAMPLING_NS=[]"], "the list of label budgets N is empty"),
-    ({}, ["--strategies", "random", "kcenter", "kcenter"], "a strategy listed twice would count its seeds twice"),
+    ({}, ["--strategies", "random", "kcenter", "kcenter"], "one listed twice would count its seeds twice"),
     ({}, ["--set", "SAMPLING_NS=[10, 20.5]"], "SAMPLING_NS=20.5: expected int"),
     ({}, ["--set", "MLP_BATCH_SIZE=0"], "MLP_BATCH_SIZE=0: expected a positive number"),
     ({}, ["--set", "MLP_VAL_SIZE=0"], "MLP_VAL_SIZE=0: expected a positive number"),
+    ({}, ["--set", "KRR_RIDGES=[0.1, -1]"], "KRR_RIDGES=-1.0: expected a positive number"),
     ({}, ["--ns", "10", "--device", "tpu9"], "--device 'tpu9': not a torch device"),
     ({}, ["--ns", "10", "--device", "meta"], "--device 'meta': cannot hold data"),
     ({"z_all": np.zeros((600, 0), np.float32)}, [], "z_all has no columns; expected latents of one or more"),
@@ -233,6 +278,11 @@ FLAT_TEST = np.r_[np.linspace(-7, -6, 510), np.full(90, -6.5)]
     ({}, ["--seeds", "0", str(2**64)], "SAMPLING_SEEDS=18446744073709551616: expected a seed in 0..4294967295"),
     ({}, ["--mlp-lr", "nan"], "MLP_LR=nan: expected a finite number"),
     ({}, ["--mlp-lr", "inf"], "MLP_LR=inf: expected a finite number"),
+    ({}, ["--reference", "missing_summary.csv"], "missing_summary.csv: reference summary not readable"),
+    ({}, ["--select", "uncertainty", "--budget", "5"], "strategy ['uncertainty']: expected one or more of"),
+    ({}, ["--select", "kmeans", "--budget", "421"], "--budget 421: expected 1..420"),
+    ({}, ["--select", "kmeans"], "--budget None: expected 1..420"),
+    ({"qm9_index": None}, ["--select", "kmeans", "--budget", "5"], "the latents npz has no qm9_index"),
 ])
 def test_bad_input_exits_with_one_line_before_any_output(capsys, tmp_path, replace, argv, message):
     latents = write_latents(tmp_path / "latents.npz", **replace)
@@ -261,13 +311,14 @@ def test_split_indices_of_any_integer_type_work(tmp_path):
     np.testing.assert_array_equal(arrays["idx_test"], SPLIT["idx_test"])
     sm.main(["--latents", str(tmp_path / "latents.npz"), "--out-dir", str(tmp_path / "out"), "--ns", "10",
              "--seeds", "0", "--set", "MLP_EPOCHS=3"])
-    assert len(pd.read_csv(tmp_path / "out" / "results_all.csv")) == 2
+    assert len(pd.read_csv(tmp_path / "out" / "results_all.csv")) == 2 * len(STRATEGIES)  # both heads
 
 
 def test_heads_that_never_improve_are_an_error_not_a_result(capsys, tmp_path):
     message = expect_input_error(capsys, sm.main, ["--latents", str(write_latents(tmp_path / "latents.npz")),
                                                    "--out-dir", str(tmp_path / "out"), "--ns", "10", "--seeds", "0",
-                                                   "--mlp-lr", "1e30", "--set", "MLP_EPOCHS=3"])
+                                                   "--mlp-lr", "1e30", "--set", "MLP_EPOCHS=3", "--strategies",
+                                                   "random", "kcenter"])
     assert "N=10: the heads of [('random', 0), ('kcenter', 0)] diverged from the first epoch" in message
     assert not list((tmp_path / "out").glob("*.csv"))
 
@@ -280,10 +331,35 @@ def test_a_folder_holding_a_run_is_refused(capsys, tmp_path, experiment):
     assert {p.name: p.read_bytes() for p in experiment.iterdir()} == before
 
 
+@pytest.mark.parametrize("lines, message", [
+    (["qm9_index", 5, 9, 5], "QM9 Index values listed twice: [5]"),
+    ([5, 100000], "1 QM9 Index values are not in the training pool of the npz (0 of them in its validation or test "
+                  "split), e.g. [100000]"),
+    (["rank,pool_row", "1,4"], "expected a qm9_index column or one QM9 Index value a line"),
+    ([5, "7.5"], "not a QM9 Index value"),
+])
+def test_bad_labelled_file_exits_with_one_line_before_any_output(capsys, tmp_path, lines, message):
+    latents = write_latents(tmp_path / "latents.npz")
+    out = tmp_path / "out"
+    args = ["--latents", str(latents), "--out-dir", str(out), "--select", "typiclust", "--budget", "5", "--labelled",
+            str(labelled_file(tmp_path / "done.csv", lines))]
+    assert message in expect_input_error(capsys, sm.main, args)
+    assert not out.exists()
+
+
+def test_labelled_molecules_of_the_test_split_are_named_as_such(capsys, tmp_path):
+    latents = write_latents(tmp_path / "latents.npz")
+    with np.load(latents) as npz:
+        test_index = npz["qm9_index"][npz["idx_test"][:2]]
+    args = ["--latents", str(latents), "--out-dir", str(tmp_path / "out"), "--select", "random", "--budget", "5",
+            "--labelled", str(labelled_file(tmp_path / "done.txt", test_index))]
+    assert "2 of them in its validation or test split" in expect_input_error(capsys, sm.main, args)
+
+
 def test_identical_labels_stop_the_run_before_training_and_without_csv(capsys, tmp_path):
     latents = write_latents(tmp_path / "latents.npz", y_all=np.r_[np.full(510, -6.5), np.linspace(-7, -6, 90)],
                             **SPLIT)
     out = tmp_path / "out"
     message = expect_input_error(capsys, sm.main, ["--latents", str(latents), "--out-dir", str(out), *QUICK])
-    assert "the first 10 selected molecules all have the same label" in message
+    assert "the 10 selected molecules all have the same label" in message
     assert not list(out.glob("*.csv")) and not list(out.glob("*.png"))

@@ -58,12 +58,17 @@ def test_set_seed_repeats_every_generator():
     assert draw() == first
 
 
-def test_save_learning_curve_writes_a_png(tmp_path):
-    out = tmp_path / "curve.png"
+def test_plots_write_one_png_each(tmp_path):
     ys = {"a": [[1.0, 0.5, 0.3], [1.2, 0.6, 0.2]], "b": [[0.9, 0.4, 0.25]]}
-    utils.save_learning_curve([10, 20, 50], ys, out, hline=(1.1, "mean"))
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert list(tmp_path.iterdir()) == [out]
+    utils.save_learning_curves([10, 20, 50], {"mlp": ys, "krr": ys}, tmp_path / "curve.png", hline=(1.1, "mean"),
+                               references={"mlp": {"a": ([10, 50], [1.1, 0.35])}})
+    rng = np.random.default_rng(0)
+    pair = (rng.normal(size=50), rng.normal(size=50))
+    utils.save_parity({"mlp": {"a": pair, "b": pair}, "krr": {"a": pair}}, tmp_path / "parity.png")
+    utils.save_label_histograms(rng.normal(size=500), {"N = 10": {"a": rng.normal(size=20)}}, tmp_path / "hist.png")
+    written = sorted(tmp_path.iterdir())
+    assert [p.name for p in written] == ["curve.png", "hist.png", "parity.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
 
 
 def test_config_overrides_are_typed_and_unknown_keys_fail():

@@ -1,0 +1,304 @@
+"""Which pool molecules to label: label-free selection strategies on the latents.
+
+Every strategy sees only the pool latents z (n, d) and returns pool rows (n_samples,) in pick
+order, never a row twice and never a row of `already_selected` (molecules labelled before: the
+warm start). The seed fixes every random choice, so the same seed gives the same picks.
+
+- random: a seeded permutation.
+- kcenter: k-center greedy, the farthest row from every centre so far (coverage; picks outliers).
+- herding: kernel herding, each pick the row whose kernel mean embedding the picks so far match
+  worst (density-matching; Chen, Welling and Smola 2010).
+- kmeans: k-means with one centroid per pick; the pool row nearest each centroid.
+- typiclust: TypiClust (Hacohen, Dekel and Weinshall 2022): k-means clusters, the most typical row
+  (densest in its cluster) of each cluster not yet covered by a label, largest clusters first.
+
+random, kcenter and herding are nested: the first k picks of a run answer every budget k. kmeans and
+typiclust are not: each budget is its own clustering. Selector shares the k-means runs of one pool
+between kmeans and typiclust.
+"""
+import math
+
+import torch
+
+from utils import InputError
+
+NESTED = {"random": True, "kcenter": True, "herding": True, "kmeans": False, "typiclust": False}
+ROW_CHUNK = 16_384  # pool rows per distance block: (ROW_CHUNK, k) floats stay well below a GB
+MEDIAN_SAMPLE = 1_000  # rows whose pairwise distances set the herding kernel width
+
+
+def warm_start_rows(already_selected, device):
+    return torch.as_tensor([] if already_selected is None else already_selected, dtype=torch.long, device=device)
+
+
+def check_budget(strategy, n_rows, n_samples, n_labelled):
+    if not 1 <= n_samples <= n_rows - n_labelled:
+        raise InputError(f"{strategy}: cannot pick {n_samples} from {n_rows} rows with {n_labelled} already selected")
+
+
+# --- distances -----------------------------------------------------------------------
+
+def nearest_distance(z, centres):
+    """Euclidean distance of every row of z (n, d) to the nearest of centres (c, d), from exact
+    differences in one pass over z: (n,)."""
+    return torch.cdist(z, centres, compute_mode="donot_use_mm_for_euclid_dist").amin(dim=1)
+
+
+def nearest_centroid(z, centroids):
+    """Index (n,) of the nearest centroid (k, d) of every row of z (n, d), by |c|^2 - 2 z.c (one
+    matmul per block of rows; |z|^2 does not change the argmin)."""
+    norms = (centroids ** 2).sum(dim=1)
+    return torch.cat([(norms - 2 * rows @ centroids.T).argmin(dim=1) for rows in z.split(ROW_CHUNK)])
+
+
+def squared_norms(x):
+    return (x * x).sum(dim=1)
+
+
+def squared_distances(a, b, a_norms=None, b_norms=None):
+    """(len(a), len(b)) squared Euclidean distances as |a|^2 - 2 a.b + |b|^2: one matmul, much faster
+    than exact differences, clamped at 0 against rounding. Norms of a reused matrix may be passed."""
+    a_norms = squared_norms(a) if a_norms is None else a_norms
+    b_norms = squared_norms(b) if b_norms is None else b_norms
+    return (a_norms[:, None] - 2 * a @ b.T + b_norms[None, :]).clamp_(min=0)
+
+
+# --- random and k-center ---------------------------------------------------------------
+
+def random_selection(z, n_samples, seed, already_selected=None):
+    """A seeded random order of the rows of z not yet selected, cut to n_samples."""
+    start = warm_start_rows(already_selected, z.device)
+    check_budget("random", len(z), n_samples, len(start))
+    order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed)).to(z.device)
+    if len(start):
+        taken = torch.zeros(len(z), dtype=torch.bool, device=z.device)
+        taken[start] = True
+        order = order[~taken[order]]
+    return order[:n_samples]
+
+
+def kcenter_greedy(z, n_samples, seed, already_selected=None):
+    """Rows of z (n, d) picked greedily: each is the row farthest from every centre so far (a
+    2-approximation of the minimax covering). The first centre is drawn with `seed`, unless
+    `already_selected` rows are given: then they are the starting centres and are never picked.
+    O(n d) per pick, O(n) memory."""
+    n = z.shape[0]
+    start = warm_start_rows(already_selected, z.device)
+    check_budget("k-center", n, n_samples, len(start))
+    min_dist = torch.full((n,), float("inf"), dtype=z.dtype, device=z.device)
+    if len(start):
+        for chunk in start.split(1024):  # the nearest labelled row, a block of them at a time
+            min_dist = torch.minimum(min_dist, nearest_distance(z, z[chunk]))
+        min_dist[start] = -1.0  # chosen rows never come back
+        centre = torch.argmax(min_dist).view(1)
+    else:
+        centre = torch.randint(n, (), generator=torch.Generator().manual_seed(seed)).view(1).to(z.device)
+    selected = torch.empty(n_samples, dtype=torch.long, device=z.device)
+    for k in range(n_samples):  # `centre` stays a 1-element tensor: no pick waits for the device
+        selected[k:k + 1] = centre
+        min_dist = torch.minimum(min_dist, nearest_distance(z, z.index_select(0, centre)))
+        min_dist.index_fill_(0, centre, -1.0)
+        centre = torch.argmax(min_dist).view(1)
+    return selected
+
+
+# --- kernel herding ----------------------------------------------------------------------
+
+def median_distance(z, generator):
+    """Median pairwise distance among up to MEDIAN_SAMPLE seeded rows of z: the scale of the latents."""
+    rows = z[torch.randperm(len(z), generator=generator)[:MEDIAN_SAMPLE].to(z.device)]
+    upper = torch.triu_indices(len(rows), len(rows), offset=1, device=z.device)
+    return squared_distances(rows, rows)[upper[0], upper[1]].median().sqrt()
+
+
+def gaussian_kernel_sum(z, centres, gamma):
+    """sum_j exp(-gamma |z_i - c_j|^2) for every row of z (n, d) over centres (c, d): (n,)."""
+    centre_norms = squared_norms(centres)
+    return torch.cat([torch.exp(-gamma * squared_distances(rows, centres, b_norms=centre_norms)).sum(dim=1)
+                      for rows in z.split(ROW_CHUNK)])
+
+
+def kernel_herding(z, n_samples, seed, width, sample_size, already_selected=None):
+    """Kernel herding with a Gaussian kernel of width `width` times the median pairwise distance.
+    Pick t+1 maximises mean_j k(x, p_j) - sum_{s<=t} k(x, x_s) / (t + 1) over unpicked rows x, where
+    p are `sample_size` seeded pool rows (the pool's mean embedding, estimated) and x_s the picks so
+    far, the warm-start rows first. Dense regions are picked first, then the picks spread in proportion
+    to the density. O(n sample_size d) once, then O(n d) per pick."""
+    n = z.shape[0]
+    start = warm_start_rows(already_selected, z.device)
+    check_budget("herding", n, n_samples, len(start))
+    generator = torch.Generator().manual_seed(seed)
+    gamma = 1.0 / (2.0 * (width * median_distance(z, generator)) ** 2)
+    sample = z[torch.randperm(n, generator=generator)[:sample_size].to(z.device)]
+    mean_embedding = gaussian_kernel_sum(z, sample, gamma) / len(sample)  # (n,)
+    picked_sum = torch.zeros(n, dtype=z.dtype, device=z.device)  # sum of k(x, x_s) over picks so far
+    taken = torch.zeros(n, dtype=torch.bool, device=z.device)
+    for chunk in start.split(1024):
+        picked_sum += gaussian_kernel_sum(z, z[chunk], gamma)
+    taken[start] = True
+    norms = squared_norms(z)
+    selected = torch.empty(n_samples, dtype=torch.long, device=z.device)
+    for k in range(n_samples):
+        score = mean_embedding - picked_sum / (len(start) + k + 1)
+        pick = torch.argmax(score.masked_fill(taken, -float("inf"))).view(1)
+        selected[k:k + 1] = pick
+        taken[pick] = True
+        picked_sum += torch.exp(-gamma * squared_distances(z, z.index_select(0, pick), norms, norms[pick])[:, 0])
+    return selected
+
+
+# --- k-means -----------------------------------------------------------------------------
+
+def kmeans_plus_plus(z, k, generator, fixed):
+    """k seeded greedy k-means++ centres (rows of z), as scikit-learn seeds k-means: each round draws
+    2 + log k candidates with probability proportional to the squared distance to the nearest centre
+    so far and keeps the one that lowers the sum of those distances most. The `fixed` rows count as
+    centres already. O(n d log k) per centre."""
+    n = z.shape[0]
+    trials = 2 + int(math.log(k))
+    uniforms = torch.rand(k, trials, generator=generator, dtype=torch.float64).to(z.device)
+    min_sq = torch.full((n,), float("inf"), dtype=torch.float64, device=z.device)
+    for chunk in fixed.split(1024) if len(fixed) else []:
+        min_sq = torch.minimum(min_sq, nearest_distance(z, z[chunk]).double() ** 2)
+    norms = squared_norms(z)
+    centres = torch.empty(k, dtype=torch.long, device=z.device)
+    for j in range(k):
+        weights = torch.ones_like(min_sq) if j == 0 and len(fixed) == 0 else min_sq
+        cumulative = weights.cumsum(0)
+        candidates = torch.searchsorted(cumulative, uniforms[j] * cumulative[-1]).clamp_(max=n - 1)  # (trials,)
+        candidate_sq = squared_distances(z, z[candidates], norms, norms[candidates]).double()  # (n, trials)
+        best = torch.minimum(min_sq[:, None], candidate_sq).sum(dim=0).argmin()
+        centres[j] = candidates[best]
+        min_sq = torch.minimum(min_sq, candidate_sq[:, best])
+    return centres
+
+
+def kmeans(z, k, seed, iterations, fixed=None):
+    """Lloyd's k-means of the rows of z (n, d) into k clusters from a seeded k-means++ start, at most
+    `iterations` rounds (fewer when no row changes cluster). The `fixed` rows (f,) are extra centroids
+    that never move, so the k free ones settle where the fixed ones leave the pool uncovered. An empty
+    cluster keeps its centroid. Returns centroids (f + k, d), fixed first, and each row's cluster (n,)."""
+    fixed = warm_start_rows(fixed, z.device)
+    generator = torch.Generator().manual_seed(seed)
+    centroids = torch.cat([z[fixed], z[kmeans_plus_plus(z, k, generator, fixed)]])
+    labels = nearest_centroid(z, centroids)
+    for _ in range(iterations):
+        sums = torch.zeros_like(centroids).index_add_(0, labels, z)
+        counts = torch.bincount(labels, minlength=len(centroids)).unsqueeze(1)
+        moved = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+        centroids = torch.cat([centroids[:len(fixed)], moved[len(fixed):]])
+        new_labels = nearest_centroid(z, centroids)
+        if torch.equal(new_labels, labels):  # the one host sync of a round
+            break
+        labels = new_labels
+    return centroids, labels
+
+
+def rows_nearest_centroids(z, centroids, taken):
+    """For each centroid (k, d) in turn, the nearest row of z not `taken` (n,) and not picked for an
+    earlier centroid: (k,). Distinct centroids rarely share a nearest row; when they do, the later
+    one takes its nearest free row."""
+    norms = squared_norms(z)
+    distance = torch.cat([squared_distances(block, z, b_norms=norms) for block in centroids.split(256)])  # (k, n)
+    distance[:, taken] = float("inf")
+    nearest = distance.argmin(dim=1).tolist()
+    picks, used = [], set()
+    for j, row in enumerate(nearest):
+        if row in used:
+            distance[j, list(used)] = float("inf")
+            row = int(distance[j].argmin())
+        picks.append(row)
+        used.add(row)
+    return torch.as_tensor(picks, dtype=torch.long, device=z.device)
+
+
+# --- TypiClust ---------------------------------------------------------------------------
+
+def typicality(members, k_nn):
+    """1 / mean distance of each row of members (m, d) to its k_nn nearest other rows: (m,)."""
+    norms = squared_norms(members)
+    nearest = [squared_distances(rows, members, b_norms=norms).topk(k_nn + 1, dim=1, largest=False).values[:, 1:]
+               for rows in members.split(ROW_CHUNK // 4)]  # column 0 is the row itself, at distance 0
+    return 1.0 / torch.cat(nearest).sqrt().mean(dim=1)
+
+
+def ranked_rows(z, rows, k_nn):
+    """The rows (m,) of one cluster, most typical first, with K = min(k_nn, m // 2) neighbours: the
+    authors' rule for small clusters."""
+    if len(rows) < 2:
+        return rows.tolist()
+    score = typicality(z[rows], max(1, min(k_nn, len(rows) // 2)))
+    return rows[torch.argsort(score, descending=True, stable=True)].tolist()
+
+
+def typiclust_picks(z, labels, n_samples, start, k_nn, min_cluster_size):
+    """TypiClust's choice from a clustering `labels` (n,): the clusters of more than `min_cluster_size`
+    rows, fewest labelled rows first, then largest first, are visited in turn, and each visit picks
+    the unlabelled row of highest typicality in the cluster. Smaller clusters are outlier groups,
+    which the paper skips; they are visited (in the same order) only when a budget close to the pool
+    size has used up every larger cluster. Typicality is a property of the data, so labelled rows
+    count as neighbours too."""
+    sizes = torch.bincount(labels, minlength=int(labels.max()) + 1).tolist()
+    covered = torch.bincount(labels[start], minlength=len(sizes)).tolist()
+    order = sorted(range(len(sizes)), key=lambda c: (covered[c], -sizes[c], c))
+    phases = [[c for c in order if sizes[c] > min_cluster_size], [c for c in order if 0 < sizes[c] <= min_cluster_size]]
+    taken = set(start.tolist())
+    ranked = {}  # cluster -> iterator over its rows, most typical first (ranked when first visited)
+    picks = []
+    for clusters in phases:
+        while clusters and len(picks) < n_samples:
+            for cluster in list(clusters):
+                if cluster not in ranked:
+                    ranked[cluster] = iter(ranked_rows(z, torch.nonzero(labels == cluster).flatten(), k_nn))
+                row = next((row for row in ranked[cluster] if row not in taken), None)
+                if row is None:  # every row of this cluster is labelled
+                    clusters.remove(cluster)
+                    continue
+                picks.append(row)
+                taken.add(row)
+                if len(picks) == n_samples:
+                    break
+    return torch.as_tensor(picks, dtype=torch.long, device=z.device)
+
+
+# --- one pool, every strategy ---------------------------------------------------------------
+
+class Selector:
+    """Every strategy on one pool z (n, d), with the settings of cfg. A k-means run is kept for the
+    other clustering strategy: kmeans and typiclust at the same seed and budget cluster once."""
+
+    def __init__(self, z, cfg):
+        self.z, self.cfg = z, cfg
+        self._clusterings = {}  # (k, seed, fixed rows) -> (centroids, labels)
+
+    def __call__(self, strategy, n_samples, seed, already_selected=None):
+        """Pool rows (n_samples,) chosen by `strategy` (a key of NESTED)."""
+        return getattr(self, f"_{strategy}")(n_samples, seed, warm_start_rows(already_selected, self.z.device))
+
+    def clustering(self, k, seed, fixed):
+        key = (k, seed, tuple(fixed.tolist()))
+        if key not in self._clusterings:
+            self._clusterings[key] = kmeans(self.z, k, seed, self.cfg.KMEANS_ITERATIONS, fixed)
+        return self._clusterings[key]
+
+    def _random(self, n_samples, seed, start):
+        return random_selection(self.z, n_samples, seed, start)
+
+    def _kcenter(self, n_samples, seed, start):
+        return kcenter_greedy(self.z, n_samples, seed, start)
+
+    def _herding(self, n_samples, seed, start):
+        return kernel_herding(self.z, n_samples, seed, self.cfg.HERDING_WIDTH, self.cfg.HERDING_SAMPLE, start)
+
+    def _kmeans(self, n_samples, seed, start):
+        check_budget("kmeans", len(self.z), n_samples, len(start))
+        centroids, _ = self.clustering(n_samples, seed, start)
+        taken = torch.zeros(len(self.z), dtype=torch.bool, device=self.z.device)
+        taken[start] = True
+        return rows_nearest_centroids(self.z, centroids[len(start):], taken)
+
+    def _typiclust(self, n_samples, seed, start):
+        check_budget("typiclust", len(self.z), n_samples, len(start))
+        _, labels = self.clustering(n_samples + len(start), seed, start[:0])  # the paper: |labelled| + N clusters
+        return typiclust_picks(self.z, labels, n_samples, start, self.cfg.TYPICLUST_K,
+                               self.cfg.TYPICLUST_MIN_CLUSTER_SIZE)
