@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package modu
 import baselines  # noqa: E402
 import data  # noqa: E402
 import sampling_mlp_experiment as sampling  # noqa: E402
+import selection  # noqa: E402
 import train_encoder_qm9 as training  # noqa: E402
 from models import EquivDecoder, EquivGNNEncoder  # noqa: E402
 from utils import get_device, resolve_config, run_cli, set_seed, standardize, write_text  # noqa: E402
@@ -275,9 +276,9 @@ def bench_kcenter(sizes, seed, device):
     features = np.random.default_rng(seed).standard_normal((n, LATENT_DIM), dtype=np.float32)
     z = torch.as_tensor(features, device=device)
     first = int(torch.randint(n, (), generator=torch.Generator().manual_seed(seed)))  # as kcenter_greedy draws it
-    sampling.kcenter_greedy(z, 5, seed)
+    selection.kcenter_greedy(z, 5, seed)
     baselines.kcenter_sklearn(features, 5, first)
-    fast_seconds, fast = timed(lambda: sampling.kcenter_greedy(z, k, seed), device, sizes["repeats"])
+    fast_seconds, fast = timed(lambda: selection.kcenter_greedy(z, k, seed), device, sizes["repeats"])
     base_seconds, base = timed(lambda: baselines.kcenter_sklearn(features, k, first), torch.device("cpu"),
                                sizes["repeats"])
     check = pick_agreement(fast.cpu().numpy(), base, features)
@@ -376,9 +377,9 @@ def grid_run(grid, latents_path, seed, device, dtype):
     """Selections (random and k-center, the same for both sides) and the timed grid in `dtype`."""
     cfg = resolve_config({"MLP_EPOCHS": grid["epochs"]})
     inputs = grid_inputs(grid, latents_path, seed, device, dtype)
-    plan = [(strategy, s) for strategy in sampling.STRATEGIES for s in grid["seeds"]]
-    selections = {(strategy, s): sampling.select(strategy, inputs["pool"][0], max(grid["ns"]), s)
-                  for strategy, s in plan}
+    plan = [(strategy, s) for strategy in ("random", "kcenter") for s in grid["seeds"]]
+    select = selection.Selector(inputs["pool"][0], resolve_config())
+    selections = {(strategy, s): select(strategy, max(grid["ns"]), s) for strategy, s in plan}
     warm = resolve_config({"MLP_EPOCHS": 2})
     run_grid({"ns": grid["ns"][:1]}, inputs, selections, plan, warm, device)
     per_budget = run_grid(grid, inputs, selections, plan, cfg, device)

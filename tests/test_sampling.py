@@ -278,7 +278,7 @@ def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
     ({}, ["--seeds", "0", str(2**64)], "SAMPLING_SEEDS=18446744073709551616: expected a seed in 0..4294967295"),
     ({}, ["--mlp-lr", "nan"], "MLP_LR=nan: expected a finite number"),
     ({}, ["--mlp-lr", "inf"], "MLP_LR=inf: expected a finite number"),
-    ({}, ["--reference", "missing_summary.csv"], "missing_summary.csv: reference summary not readable"),
+    ({}, ["--ns", "10", "--reference", "missing_summary.csv"], "missing_summary.csv: reference summary not readable"),
     ({}, ["--select", "uncertainty", "--budget", "5"], "strategy ['uncertainty']: expected one or more of"),
     ({}, ["--select", "kmeans", "--budget", "421"], "--budget 421: expected 1..420"),
     ({}, ["--select", "kmeans"], "--budget None: expected 1..420"),
@@ -332,17 +332,19 @@ def test_a_folder_holding_a_run_is_refused(capsys, tmp_path, experiment):
 
 
 @pytest.mark.parametrize("lines, message", [
-    (["qm9_index", 5, 9, 5], "QM9 Index values listed twice: [5]"),
-    ([5, 100000], "1 QM9 Index values are not in the training pool of the npz (0 of them in its validation or test "
-                  "split), e.g. [100000]"),
-    (["rank,pool_row", "1,4"], "expected a qm9_index column or one QM9 Index value a line"),
-    ([5, "7.5"], "not a QM9 Index value"),
+    (lambda pool: ["qm9_index", pool[0], pool[1], pool[0]], "QM9 Index values listed twice: ["),
+    (lambda pool: [pool[0], 100000], "1 QM9 Index values are not in the training pool of the npz (0 of them in its "
+                                     "validation or test split), e.g. [100000]"),
+    (lambda pool: ["rank,pool_row", "1,4"], "expected a qm9_index column or one QM9 Index value a line"),
+    (lambda pool: [pool[0], "7.5"], "not a QM9 Index value"),
 ])
 def test_bad_labelled_file_exits_with_one_line_before_any_output(capsys, tmp_path, lines, message):
     latents = write_latents(tmp_path / "latents.npz")
+    with np.load(latents) as npz:
+        pool = npz["qm9_index"][npz["idx_train"]].tolist()
     out = tmp_path / "out"
     args = ["--latents", str(latents), "--out-dir", str(out), "--select", "typiclust", "--budget", "5", "--labelled",
-            str(labelled_file(tmp_path / "done.csv", lines))]
+            str(labelled_file(tmp_path / "done.csv", lines(pool)))]
     assert message in expect_input_error(capsys, sm.main, args)
     assert not out.exists()
 
