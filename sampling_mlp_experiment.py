@@ -536,7 +536,7 @@ def write_plots(out_dir, results, ns, mean_predictor_mae, reference, parity, pic
     save_label_histograms(y_pool, {f"N = {n}, all seeds": {CURVE_LABELS[strategy]: values
                                                            for (strategy, budget), values in picked_labels.items()
                                                            if budget == n}
-                                   for n in label_budgets(ns)}, out_dir / "selected_labels.png")
+                                   for n in label_budgets(ns)}, out_dir / "selected_labels.png", name="HOMO")
 
 
 def write_outputs(out_dir, results, summary):

@@ -232,22 +232,27 @@ def save_parity(panels, out_png, unit="eV"):
     _save_figure(fig, out_png)
 
 
-def save_label_histograms(pool, panels, out_png, xlabel="HOMO (eV)"):
-    """Density histograms of labels, one panel per title of `panels` {title: {label: values}}, each
-    drawn over the density of `pool` (all values), so a selection's bias is visible."""
+def save_label_histograms(pool, panels, out_png, name="label", unit="eV"):
+    """Density histograms of labels: one row per title of `panels` {title: {label: values}}, one
+    panel per label, each drawn over the density of `pool` (all values), so a selection's bias shows."""
     plt = _pyplot()
     pool = np.asarray(pool, dtype=np.float64)
     bins = np.linspace(*np.percentile(pool, [0.1, 99.9]), 41)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for ax, (title, histograms) in zip(axes[0], panels.items()):
-        ax.hist(pool, bins=bins, density=True, color="lightgray", label=f"pool ({len(pool):,})")
-        for label, values in histograms.items():
+    columns = list(dict.fromkeys(label for row in panels.values() for label in row))
+    fig, axes = plt.subplots(len(panels), len(columns), figsize=(3.2 * len(columns), 2.8 * len(panels)),
+                             squeeze=False, sharex=True)
+    for ax_row, (title, histograms) in zip(axes, panels.items()):
+        for ax, label in zip(ax_row, columns):
+            values = np.asarray(histograms.get(label, []), dtype=np.float64)
+            ax.hist(pool, bins=bins, density=True, color="lightgray", label="pool")
             ax.hist(np.clip(values, bins[0], bins[-1]), bins=bins, density=True, histtype="step", linewidth=1.5,
-                    label=f"{label} ({len(values):,})")
-        ax.set_title(title)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("density")
-        ax.legend(fontsize="small")
+                    label="picks")
+            ax.set_title(f"{title}: {label}\n{len(values):,} picks, mean {values.mean():.2f}, std {values.std():.2f}"
+                         f"\n(pool {pool.mean():.2f}, {pool.std():.2f} {unit})", fontsize="small")
+            ax.set_yticks([])
+        ax_row[0].legend(fontsize="small")
+    for ax in axes[-1]:
+        ax.set_xlabel(f"{name} ({unit})")
     _save_figure(fig, out_png)
 
 
