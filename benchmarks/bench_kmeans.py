@@ -39,17 +39,18 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds timed per implementation")
     parser.add_argument("--ns", nargs="+", type=int, help="budgets k (default: SAMPLING_NS)")
     parser.add_argument("--implementations", nargs="+", default=["torch", "sklearn", "faiss"])
+    parser.add_argument("--pool", type=int, default=POOL, help="rows of the synthetic pool")
     parser.add_argument("--out", type=Path, help="also write the numbers here as JSON")
     return parser.parse_args(argv)
 
 
-def synthetic_pool(seed=0):
-    """A Gaussian mixture (POOL, DIM) float32, standardized per column as the experiment does."""
+def synthetic_pool(n, seed=0):
+    """A Gaussian mixture (n, DIM) float32, standardized per column as the experiment does."""
     rng = np.random.default_rng(seed)
     means = 3.0 * rng.standard_normal((COMPONENTS, DIM), dtype=np.float32)
     scales = rng.uniform(0.5, 1.5, COMPONENTS).astype(np.float32)
-    component = rng.choice(COMPONENTS, POOL, p=rng.dirichlet(np.ones(COMPONENTS)))
-    z = means[component] + scales[component, None] * rng.standard_normal((POOL, DIM), dtype=np.float32)
+    component = rng.choice(COMPONENTS, n, p=rng.dirichlet(np.ones(COMPONENTS)))
+    z = means[component] + scales[component, None] * rng.standard_normal((n, DIM), dtype=np.float32)
     return (z - z.mean(axis=0)) / z.std(axis=0)
 
 
@@ -98,7 +99,7 @@ def main(argv=None):
         z = sampling.selection_latents(arrays, cfg, torch.device("cpu")).numpy()
         source = str(args.latents)
     else:
-        z, source = synthetic_pool(), "synthetic Gaussian mixture"
+        z, source = synthetic_pool(args.pool), "synthetic Gaussian mixture"
     z = np.ascontiguousarray(z, dtype=np.float32)
     report = {"pool": list(z.shape), "source": source, "ns": ns, "seeds": args.seeds,
               "iterations": cfg.KMEANS_ITERATIONS, "threads": torch.get_num_threads(),
@@ -121,6 +122,7 @@ def main(argv=None):
     print(report["grid"])
     if args.out:
         write_text(args.out, json.dumps(report, indent=2))
+    return report
 
 
 def grid_table(rows, grid_seeds):

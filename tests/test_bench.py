@@ -24,3 +24,16 @@ def test_quick_bench_agrees(tmp_path):
     assert heads["float64"]["prediction_relative_difference"] < 1e-9, heads
     assert heads["float64"]["same_best_epoch"] == heads["float64"]["heads"], heads
     assert heads["float32"]["prediction_relative_difference"] < 1e-2, heads  # rounding drift over the epochs
+
+
+def test_kmeans_bench_compares_objectives_on_the_same_pool(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_kmeans
+
+    report = bench_kmeans.main(["--pool", "3000", "--ns", "5", "40", "--implementations", "torch", "sklearn",
+                                "--out", str(tmp_path / "kmeans.json")])
+    objective = {(row["implementation"], row["k"]): row["objective"] for row in report["rows"]}
+    assert len(objective) == 4
+    for k in (5, 40):  # the same algorithm (greedy k-means++, then Lloyd): objectives within a few percent
+        assert abs(objective["torch", k] / objective["sklearn", k] - 1) < 0.05
+    assert json.loads((tmp_path / "kmeans.json").read_text())["grid"] == report["grid"]
