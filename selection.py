@@ -25,6 +25,7 @@ from utils import InputError
 NESTED = {"random": True, "kcenter": True, "herding": True, "kmeans": False, "typiclust": False}
 ROW_CHUNK = 16_384  # pool rows per distance block: (ROW_CHUNK, k) floats stay well below a GB
 MEDIAN_SAMPLE = 1_000  # rows whose pairwise distances set the herding kernel width
+SEEDING_ROWS = (10_000, 20)  # k-means++ seeds from a seeded subsample of max(10,000, 20 k) rows (all if fewer)
 
 
 def warm_start_rows(already_selected, device):
@@ -173,14 +174,27 @@ def kmeans_plus_plus(z, k, generator, fixed):
     return centres
 
 
+def seeding_rows(z, k, generator, fixed):
+    """The k rows of z that start k-means: greedy k-means++ on max(10,000, 20 k) seeded rows (SEEDING_ROWS;
+    every row of a smaller pool), with the `fixed` rows as centres already. Seeding reads its rows once
+    per centre, which on the whole pool cost four times the Lloyd rounds (benchmarks/bench_kmeans.py);
+    20 rows per cluster still give every dense region its centres, and the Lloyd rounds use every row."""
+    size = max(SEEDING_ROWS[0], SEEDING_ROWS[1] * k)
+    sample = torch.randperm(len(z), generator=generator)[:size].to(z.device)
+    rows = torch.cat([sample, fixed])
+    chosen = kmeans_plus_plus(z[rows], k, generator, torch.arange(len(sample), len(rows), device=z.device))
+    return rows[chosen]
+
+
 def kmeans(z, k, seed, iterations, fixed=None):
-    """Lloyd's k-means of the rows of z (n, d) into k clusters from a seeded k-means++ start, at most
-    `iterations` rounds (fewer when no row changes cluster). The `fixed` rows (f,) are extra centroids
-    that never move, so the k free ones settle where the fixed ones leave the pool uncovered. An empty
-    cluster keeps its centroid. Returns centroids (f + k, d), fixed first, and each row's cluster (n,)."""
+    """Lloyd's k-means of the rows of z (n, d) into k clusters from a seeded k-means++ start
+    (seeding_rows), at most `iterations` rounds (fewer when no row changes cluster). The `fixed` rows
+    (f,) are extra centroids that never move, so the k free ones settle where the fixed ones leave the
+    pool uncovered. An empty cluster keeps its centroid. Returns centroids (f + k, d), fixed first, and
+    each row's cluster (n,)."""
     fixed = warm_start_rows(fixed, z.device)
     generator = torch.Generator().manual_seed(seed)
-    centroids = torch.cat([z[fixed], z[kmeans_plus_plus(z, k, generator, fixed)]])
+    centroids = torch.cat([z[fixed], z[seeding_rows(z, k, generator, fixed)]])
     labels = nearest_centroid(z, centroids)
     for _ in range(iterations):
         sums = torch.zeros_like(centroids).index_add_(0, labels, z)

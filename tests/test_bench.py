@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,10 +32,11 @@ def test_kmeans_bench_compares_objectives_on_the_same_pool(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench_kmeans
 
-    report = bench_kmeans.main(["--pool", "3000", "--ns", "5", "40", "--implementations", "torch", "sklearn",
-                                "--out", str(tmp_path / "kmeans.json")])
-    objective = {(row["implementation"], row["k"]): row["objective"] for row in report["rows"]}
-    assert len(objective) == 4
-    for k in (5, 40):  # the same algorithm (greedy k-means++, then Lloyd): objectives within a few percent
-        assert abs(objective["torch", k] / objective["sklearn", k] - 1) < 0.05
+    report = bench_kmeans.main(["--pool", "3000", "--ns", "5", "40", "--seeds", "0", "1", "2", "--implementations",
+                                "torch", "sklearn", "--out", str(tmp_path / "kmeans.json")])
+    assert len(report["rows"]) == 12
+    for k in (5, 40):  # the same algorithm (greedy k-means++, then Lloyd): mean objectives within 10%
+        mean = {name: np.mean([row["objective"] for row in report["rows"] if (row["implementation"], row["k"]) ==
+                               (name, k)]) for name in ("torch", "sklearn")}
+        assert abs(mean["torch"] / mean["sklearn"] - 1) < 0.1, mean
     assert json.loads((tmp_path / "kmeans.json").read_text())["grid"] == report["grid"]
