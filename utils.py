@@ -323,14 +323,14 @@ def resolve_config(overrides=None, base=None):
 
 
 def config_from_json(text, source):
-    """A config saved by a run (JSON), checked against configs.py like command-line overrides."""
+    """A config saved by a run (JSON), checked against configs.py like command-line overrides. Keys
+    added to configs.py since the run was made take their defaults, so older runs still resume."""
     try:
         saved = json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"{source}: config is not valid JSON ({err})") from None
-    missing = sorted(set(vars(default_config())) - set(saved))
-    if missing:
-        raise InputError(f"{source}: config lacks keys {missing}")
+    if not isinstance(saved, dict):
+        raise InputError(f"{source}: config is {type(saved).__name__}, expected a JSON object of settings")
     return resolve_config(saved)
 
 

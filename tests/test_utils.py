@@ -1,4 +1,5 @@
 """Splits, metrics, logging, plots, configs and safe output."""
+import json
 import os
 import re
 
@@ -104,6 +105,11 @@ def test_config_round_trips_through_json():
     again = utils.config_from_json(utils.config_json(cfg), "test")
     assert vars(again) == vars(cfg)
     assert again.ATOM_TYPES == ("H", "C")
+    older = json.loads(utils.config_json(cfg))
+    del older["DIST_TIMEOUT_S"]  # a run made before this setting existed
+    assert vars(utils.config_from_json(json.dumps(older), "test")) == vars(cfg)
+    with pytest.raises(InputError, match="test: config is list, expected a JSON object"):
+        utils.config_from_json("[1]", "test")
 
 
 def test_atomic_path_leaves_nothing_behind_on_error(tmp_path):
