@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import selection
 from models import ResidualMLP
-from utils import (InputError, add_run_arguments, atomic_path, check_new_run_dir, default_run_dir, get_device,
+from utils import (InputError, add_run_arguments, atomic_path, default_run_dir, get_device,
                    load_npz, mae, overrides_from_args, r2, resolve_config, rmse, run_cli, run_folder,
                    save_label_histograms, save_learning_curves, save_parity, standardize, start_run)
 
@@ -622,7 +622,8 @@ def describe_picks(z_pool, picks, labelled, logger):
     to_centre = (z_pool - z_pool.mean(dim=0)).norm(dim=1)
     percentile = 100.0 * (to_centre[None, :] < to_centre[picks][:, None]).double().mean(dim=1)
     known = torch.cat([torch.as_tensor(labelled, dtype=torch.long, device=z_pool.device), picks])
-    coverage = torch.cat([selection.nearest_distance(rows, z_pool[known]) for rows in z_pool.split(16_384)])
+    coverage = torch.cat([selection.nearest_distance(rows, z_pool[known])
+                          for rows in z_pool.split(selection.ROW_CHUNK)])
     logger.info("picks' distance to the pool's latent centre: median at pool percentile %.0f (10%%-90%% of "
                 "picks: %.0f-%.0f); pool distance to the nearest labelled molecule: mean %.3f, max %.3f "
                 "(standardized latent units)", float(percentile.median()), float(percentile.quantile(0.1)),
@@ -652,7 +653,6 @@ def main(argv=None):
         labelled = check_selection_request(args, cfg, arrays)
         device = get_device(args.device)
         out_dir = args.out_dir or default_run_dir(cfg, "selection")
-        check_new_run_dir(out_dir)
         with run_folder(out_dir):
             logger = start_run(cfg, out_dir, "selection", "selection.log", latents=str(args.latents),
                                strategy=args.select, budget=args.budget, seed=args.seed,
@@ -663,7 +663,6 @@ def main(argv=None):
     reference = load_reference(args.reference)
     device = get_device(args.device)
     out_dir = args.out_dir or default_run_dir(cfg, "sampling")
-    check_new_run_dir(out_dir)
     with run_folder(out_dir):
         logger = start_run(cfg, out_dir, "sampling", "sampling.log", latents=str(args.latents),
                            reference=str(args.reference) if args.reference else None)

@@ -206,8 +206,8 @@ def save_best(out_dir, encoder, decoder, enc_hparams, dec_hparams, target_stats,
     common = {"epoch": epoch, "val_loss": val_loss}
     save_torch(out_dir / BEST_ENCODER, {"hparams": enc_hparams, "state_dict": encoder.state_dict(), **common})
     save_torch(out_dir / BEST_DECODER, {"hparams": dec_hparams, "state_dict": decoder.state_dict(),
-                                            "target_mean": target_stats[0].cpu(), "target_std": target_stats[1].cpu(),
-                                            **common})
+                                        "target_mean": target_stats[0].cpu(), "target_std": target_stats[1].cpu(),
+                                        **common})
 
 
 def write_latents(path, latents, y, split, qm9_index, cfg):
