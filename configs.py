@@ -34,6 +34,13 @@ DIST_HIST_RANGE = (0.5, 6.0)  # first and last centre of the all-pairs distance 
 DIST_HIST_BINS = 48  # Gaussian-smeared bins of that histogram (width = bin spacing)
 PAIR_HIST_RANGE = (0.8, 3.2)  # element-pair histogram range: bonds and 1-3 neighbours
 PAIR_HIST_BINS = 24  # bins per element pair (0.1 Angstrom spacing tells bond orders apart)
+# "angle_hist" in DESCRIPTOR_WEIGHTS adds bond-angle histograms per element triplet (H-C-H, C-C-O, ...)
+BOND_TOLERANCE = 1.15  # a bond: closer than this times the two covalent radii; QM9's distances have a gap here
+ANGLE_HIST_RANGE = (50.0, 180.0)  # degrees: three-membered rings (about 60) to linear triple bonds
+ANGLE_HIST_BINS = 27  # bins per element triplet (5 degree spacing)
+DENOISE_WEIGHT = 0.0  # loss weight of coordinate denoising: predict each atom's position noise; 0 turns it off
+DENOISE_SIGMA = 0.04  # Angstrom: standard deviation of the Gaussian noise added to every coordinate
+LATENT_READOUT = "last"  # "last": the last layer's scalars; "all": invariants of every layer (scalars, vector norms)
 
 # --- encoder training --------------------------------------------------------------
 ENC_LR = 1e-3  # Adam learning rate

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from ase.data import covalent_radii
 from torch_geometric.utils import scatter
 
 from models import ATOMIC_NUMBER, atomic_numbers, radius_graph, type_index_table
@@ -207,21 +208,34 @@ def batches(rows, batch_size):
 
 # --- structure descriptors (self-supervised targets) --------------------------------
 
+def num_pairs(num_types):
+    """Number of unordered element pairs (H-H, H-C, ...) of `num_types` elements."""
+    return num_types * (num_types + 1) // 2
+
+
+def pair_row(type_a, type_b, num_types):
+    """Row of the unordered pair (type_a, type_b) in the upper triangle of a num_types grid."""
+    low, high = torch.minimum(type_a, type_b), torch.maximum(type_a, type_b)
+    return low * num_types - low * (low - 1) // 2 + (high - low)
+
+
 def descriptor_sizes(cfg):
-    """Width of each enabled descriptor group, in the order of cfg.DESCRIPTOR_WEIGHTS."""
+    """Width of each enabled descriptor group, always in the same order, whatever the order of
+    cfg.DESCRIPTOR_WEIGHTS (a saved config may list its keys in another)."""
     num_types = len(cfg.ATOM_TYPES)
     sizes = {"atom_counts": num_types, "distance_hist": cfg.DIST_HIST_BINS,
-             "pair_hist": num_types * (num_types + 1) // 2 * cfg.PAIR_HIST_BINS}
+             "pair_hist": num_pairs(num_types) * cfg.PAIR_HIST_BINS,
+             "angle_hist": num_types * num_pairs(num_types) * cfg.ANGLE_HIST_BINS}
     unknown = sorted(set(cfg.DESCRIPTOR_WEIGHTS) - set(sizes))
     if unknown or not cfg.DESCRIPTOR_WEIGHTS:
         raise InputError(f"DESCRIPTOR_WEIGHTS keys {sorted(cfg.DESCRIPTOR_WEIGHTS)}: expected a non-empty "
-                         f"subset of {sorted(sizes)}")
-    return {name: sizes[name] for name in cfg.DESCRIPTOR_WEIGHTS}
+                         f"subset of {list(sizes)}")
+    return {name: size for name, size in sizes.items() if name in cfg.DESCRIPTOR_WEIGHTS}  # one fixed order
 
 
 def check_histogram_settings(cfg):
     """Each histogram needs at least two bins over an increasing range of two values."""
-    for name in ("DIST_HIST", "PAIR_HIST"):
+    for name in ("DIST_HIST", "PAIR_HIST", "ANGLE_HIST"):
         value_range, bins = getattr(cfg, f"{name}_RANGE"), getattr(cfg, f"{name}_BINS")
         if len(value_range) != 2 or value_range[0] >= value_range[1] or bins < 2:
             raise InputError(f"{name}_RANGE={value_range}, {name}_BINS={bins}: expected (start, stop) with "
@@ -241,11 +255,42 @@ def smeared_histogram(values, owner, num_owners, value_range, bins):
     return scatter(gauss, owner, dim=0, dim_size=num_owners, reduce="sum")
 
 
+def bonds(types, pos, batch, atom_types, tolerance):
+    """Directed bonds (2, E) as (neighbour, centre): atom pairs of one molecule closer than
+    `tolerance` times the sum of their covalent radii (Cordero et al. 2008)."""
+    radius = torch.as_tensor(covalent_radii[atomic_numbers(atom_types)], dtype=pos.dtype, device=pos.device)[types]
+    neighbour, centre = radius_graph(pos, batch, 2 * tolerance * float(radius.max()))
+    bonded = (pos[neighbour] - pos[centre]).norm(dim=1) < tolerance * (radius[neighbour] + radius[centre])
+    return torch.stack([neighbour[bonded], centre[bonded]])
+
+
+def bond_angles(bond_index, pos):
+    """Every angle between two bonds of one centre atom, each unordered pair of bonds once:
+    (centre (T,), first neighbour (T,), second neighbour (T,), angle (T,) in degrees)."""
+    order = torch.argsort(bond_index[1], stable=True)
+    neighbour, centre = bond_index[:, order]
+    degree = torch.bincount(centre, minlength=len(pos))
+    first_bond = degree.cumsum(0) - degree
+    # pair every bond with each bond of its centre (itself included), then keep each pair once
+    repeats = degree[centre]
+    bond_a = torch.repeat_interleave(torch.arange(len(centre), device=pos.device), repeats)
+    offset = torch.arange(len(bond_a), device=pos.device) - (repeats.cumsum(0) - repeats)[bond_a]
+    bond_b = first_bond[centre[bond_a]] + offset
+    once = bond_a < bond_b
+    bond_a, bond_b = bond_a[once], bond_b[once]
+    at = centre[bond_a]
+    u, v = pos[neighbour[bond_a]] - pos[at], pos[neighbour[bond_b]] - pos[at]
+    angle = torch.rad2deg(torch.atan2(torch.linalg.cross(u, v).norm(dim=1), (u * v).sum(dim=1)))
+    return at, neighbour[bond_a], neighbour[bond_b], angle
+
+
 def structure_descriptors(types, pos, batch, num_molecules, cfg):
-    """Label-free descriptors of each molecule, one (B, width) tensor per group of cfg.DESCRIPTOR_WEIGHTS.
+    """Label-free descriptors of each molecule, one (B, width) tensor per group of descriptor_sizes.
 
     atom_counts: atoms of each type. distance_hist: smeared histogram of all atom-pair distances.
-    pair_hist: the same per unordered element pair (H-H, H-C, ...), which sees bond lengths."""
+    pair_hist: the same per unordered element pair (H-H, H-C, ...), which sees bond lengths.
+    angle_hist: smeared histogram of bond angles per element triplet (centre element, unordered
+    pair of neighbour elements; H-C-H, C-C-O, ...), bonds as in `bonds`."""
     num_types = len(cfg.ATOM_TYPES)
     reach = max(cfg.DIST_HIST_RANGE[1] + 3 * _bin_width(cfg.DIST_HIST_RANGE, cfg.DIST_HIST_BINS),
                 cfg.PAIR_HIST_RANGE[1] + 3 * _bin_width(cfg.PAIR_HIST_RANGE, cfg.PAIR_HIST_BINS))  # farther: ~0
@@ -255,7 +300,7 @@ def structure_descriptors(types, pos, batch, num_molecules, cfg):
     distance = (pos[source] - pos[target]).norm(dim=1)
     molecule = batch[source]
     groups = {}
-    for name in cfg.DESCRIPTOR_WEIGHTS:
+    for name in descriptor_sizes(cfg):
         if name == "atom_counts":
             one_hot = torch.nn.functional.one_hot(types, num_types).to(pos.dtype)
             groups[name] = scatter(one_hot, batch, dim=0, dim_size=num_molecules, reduce="sum")
@@ -263,13 +308,18 @@ def structure_descriptors(types, pos, batch, num_molecules, cfg):
             groups[name] = smeared_histogram(distance, molecule, num_molecules, cfg.DIST_HIST_RANGE,
                                              cfg.DIST_HIST_BINS)
         elif name == "pair_hist":
-            low = torch.minimum(types[source], types[target])
-            high = torch.maximum(types[source], types[target])
-            pair = low * num_types - low * (low - 1) // 2 + (high - low)  # row of (low, high) in the upper triangle
-            num_pairs = num_types * (num_types + 1) // 2
-            hist = smeared_histogram(distance, molecule * num_pairs + pair, num_molecules * num_pairs,
-                                     cfg.PAIR_HIST_RANGE, cfg.PAIR_HIST_BINS)
-            groups[name] = hist.reshape(num_molecules, num_pairs * cfg.PAIR_HIST_BINS)
+            pairs = num_pairs(num_types)
+            hist = smeared_histogram(distance, molecule * pairs + pair_row(types[source], types[target], num_types),
+                                     num_molecules * pairs, cfg.PAIR_HIST_RANGE, cfg.PAIR_HIST_BINS)
+            groups[name] = hist.reshape(num_molecules, pairs * cfg.PAIR_HIST_BINS)
+        elif name == "angle_hist":
+            centre, first, second, angle = bond_angles(bonds(types, pos, batch, cfg.ATOM_TYPES, cfg.BOND_TOLERANCE),
+                                                       pos)
+            triplets = num_types * num_pairs(num_types)
+            triplet = types[centre] * num_pairs(num_types) + pair_row(types[first], types[second], num_types)
+            hist = smeared_histogram(angle, batch[centre] * triplets + triplet, num_molecules * triplets,
+                                     cfg.ANGLE_HIST_RANGE, cfg.ANGLE_HIST_BINS)
+            groups[name] = hist.reshape(num_molecules, triplets * cfg.ANGLE_HIST_BINS)
     return groups
 
 

@@ -136,12 +136,14 @@ class EquivGNNEncoder(nn.Module):
 
     Atom types embed as 0e scalars. `num_layers` point convolutions follow: each hidden layer
     carries the part of `hidden_irreps` it can reach (odd parities appear a layer or two in), the
-    last only the 0e scalars. Each atom's scalars map to latent_dim features through a SiLU, so
-    the pooled latent is not confined to a hidden-size subspace; they are summed per molecule and
-    mixed by a final linear layer."""
+    last only the 0e scalars, and also the 1o vectors if `keep_vectors` (for a vector head). The
+    readout takes per atom the last layer's scalars (readout="last") or the invariants of every
+    layer, scalars and the norm of each other channel (readout="all"). It maps them to latent_dim
+    features through a SiLU, so the pooled latent is not confined to a hidden-size subspace; they
+    are summed per molecule and mixed by a final linear layer."""
 
     def __init__(self, atom_types, hidden_irreps, num_layers, latent_dim, cutoff, num_radial_basis,
-                 radial_hidden_dim, avg_num_neighbors):
+                 radial_hidden_dim, avg_num_neighbors, readout="last", keep_vectors=False):
         super().__init__()
         try:
             hidden = o3.Irreps(hidden_irreps).simplify()
@@ -152,7 +154,12 @@ class EquivGNNEncoder(nn.Module):
             raise InputError(f"ENC_HIDDEN_IRREPS={hidden_irreps!r}: needs 0e channels to pool into the latent")
         if num_layers < 1:
             raise InputError(f"ENC_NUM_LAYERS={num_layers}: expected at least 1")
-        self.cutoff = cutoff
+        if readout not in READOUTS:
+            raise InputError(f"LATENT_READOUT={readout!r}: expected one of {READOUTS}")
+        vectors = o3.Irreps([(mul, ir) for mul, ir in hidden if ir == o3.Irrep("1o")])
+        if keep_vectors and not vectors:
+            raise InputError(f"ENC_HIDDEN_IRREPS={hidden_irreps!r}: the denoising head needs 1o channels")
+        self.cutoff, self.readout = cutoff, readout
         self.irreps_sh = o3.Irreps.spherical_harmonics(hidden.lmax)
         self.register_buffer("type_index", type_index_table(atom_types))  # atomic number -> embedding row
         self.embedding = nn.Embedding(len(atom_types), scalars.dim)
@@ -160,7 +167,8 @@ class EquivGNNEncoder(nn.Module):
         layer_irreps = [scalars]  # each hidden layer carries what it can reach of `hidden`, as NequIP does
         for _ in range(num_layers - 1):
             layer_irreps.append(reachable(layer_irreps[-1], self.irreps_sh, hidden))
-        layer_irreps.append(scalars)
+        layer_irreps.append(reachable(layer_irreps[-1], self.irreps_sh, scalars + vectors) if keep_vectors
+                            else scalars)
         never = sorted({ir for _, ir in hidden} - {ir for irreps in layer_irreps for _, ir in irreps})
         if never and num_layers > 1:  # a single layer maps scalars to scalars and carries no hidden irreps
             raise InputError(f"ENC_HIDDEN_IRREPS={hidden_irreps!r}: {never} never appear with ENC_NUM_LAYERS="
@@ -170,23 +178,80 @@ class EquivGNNEncoder(nn.Module):
                              avg_num_neighbors)
             for irreps_in, irreps_out in zip(layer_irreps[:-1], layer_irreps[1:])
         )
-        self.atom_readout = nn.Linear(scalars.dim, latent_dim)
+        self.num_scalars = scalars.dim
+        readout_dim = scalars.dim if readout == "last" else sum(
+            invariant_count(layer.gate.irreps_out) for layer in self.layers)
+        self.atom_readout = nn.Linear(readout_dim, latent_dim)
         self.latent_out = nn.Linear(latent_dim, latent_dim)
 
+    @property
+    def last_irreps(self):
+        """Irreps of the last layer's node features: its 0e scalars, then any kept 1o vectors."""
+        return self.layers[-1].gate.irreps_out
+
     def forward(self, z, pos, batch):
-        return self.encode_graph(z, pos, radius_graph(pos, batch, self.cutoff), batch)
+        return self.encode(z, pos, batch)[0]
+
+    def encode(self, z, pos, batch):
+        """(latent (B, latent_dim), the last layer's node features (A, last_irreps.dim))."""
+        features = self.node_features(z, pos, radius_graph(pos, batch, self.cutoff))
+        return self.pool(features, batch), features[-1]
 
     def encode_graph(self, z, pos, edge_index, batch):
         """The latent from a graph built elsewhere: edge_index (2, E) as (source, target)."""
+        return self.pool(self.node_features(z, pos, edge_index), batch)
+
+    def node_features(self, z, pos, edge_index):
+        """The node features after each interaction layer, a list of (A, irreps dim) tensors."""
         source, target = edge_index
         edge_vec = pos[source] - pos[target]
         edge_sh = o3.spherical_harmonics(self.irreps_sh, edge_vec, normalize=True, normalization="component")
         edge_basis = self.radial_basis(edge_vec.norm(dim=1))
         h = self.embedding(self.type_index[z])
+        features = []
         for layer in self.layers:
             h = layer(h, edge_index, edge_sh, edge_basis)
-        atom_features = torch.nn.functional.silu(self.atom_readout(h))
+            features.append(h)
+        return features
+
+    def pool(self, features, batch):
+        """Per-atom invariants of the readout -> the latent of each molecule (B, latent_dim)."""
+        if self.readout == "last":
+            invariants = features[-1][:, :self.num_scalars]  # a gate's output starts with its scalars
+        else:
+            invariants = torch.cat([channel_invariants(h, layer.gate.irreps_out)
+                                    for h, layer in zip(features, self.layers)], dim=1)
+        atom_features = torch.nn.functional.silu(self.atom_readout(invariants))
         return self.latent_out(scatter(atom_features, batch, dim=0, reduce="sum"))
+
+
+READOUTS = ("last", "all")
+
+
+def invariant_count(irreps):
+    """Number of invariants channel_invariants takes from features of `irreps`: one per channel."""
+    return sum(mul for mul, _ in irreps)
+
+
+def channel_invariants(h, irreps):
+    """(A, irreps.dim) -> (A, channels): each 0e channel as it is, the norm of every other channel
+    (for a 0o pseudoscalar its absolute value), all unchanged by rotations and reflections."""
+    parts = []
+    for (mul, ir), block in zip(irreps, h.split([mul * ir.dim for mul, ir in irreps], dim=1)):
+        parts.append(block if ir == o3.Irrep("0e") else block.reshape(-1, mul, ir.dim).norm(dim=2))
+    return torch.cat(parts, dim=1)
+
+
+class VectorHead(nn.Module):
+    """Node features -> one 1o vector per atom (A, 3), x y z: an equivariant linear map, so the
+    vectors rotate with the structure."""
+
+    def __init__(self, irreps_in):
+        super().__init__()
+        self.linear = o3.Linear(irreps_in, "1x1o")
+
+    def forward(self, h):
+        return self.linear(h)
 
 
 class EquivDecoder(nn.Module):

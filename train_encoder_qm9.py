@@ -1,12 +1,15 @@
 """Self-supervised training of the E(3)-equivariant encoder on QM9 structures (no labels), then
 the latents of every molecule into latents_qm9.npz.
 
-The encoder learns to predict label-free structure descriptors (atom counts, distance histograms)
-through an invariant decoder. HOMO energies are read only to be stored beside the latents.
+The encoder learns to predict label-free structure descriptors (atom counts, distance and angle
+histograms) through an invariant decoder and, optionally, the noise added to atom positions through
+an equivariant vector head. HOMO energies are read only to be stored beside the latents.
 
     python train_encoder_qm9.py --max-molecules 2000 --epochs 3 --out-dir runs/quick
     python train_encoder_qm9.py --out-dir runs/full            # all of QM9, best on a GPU
     python train_encoder_qm9.py --out-dir runs/full --resume --epochs 150
+    python train_encoder_qm9.py --out-dir runs/untrained --epochs 0     # control: the untrained encoder
+    python train_encoder_qm9.py --out-dir runs/descriptors --descriptor-latents  # control: the targets
 """
 import argparse
 import contextlib
@@ -24,7 +27,7 @@ from tqdm import tqdm
 import data
 import distributed
 from distributed import Ranks
-from models import EquivDecoder, EquivGNNEncoder, radius_graph
+from models import EquivDecoder, EquivGNNEncoder, VectorHead, radius_graph
 from utils import (InputError, add_run_arguments, atomic_path, check_new_run_dir, check_split_ratios,
                    config_from_json, config_json, default_run_dir, first_line, get_device, overrides_from_args,
                    quiet_logger, resolve_config, run_cli, run_folder, save_torch, set_seed, start_run,
@@ -43,6 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, help="override ENC_LR")
     parser.add_argument("--seed", type=int, help="override SEED")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+    parser.add_argument("--descriptor-latents", action="store_true",
+                        help="a control: write the standardized descriptor targets as the latents, no encoder")
     add_run_arguments(parser)
     return parser.parse_args(argv)
 
@@ -56,6 +61,8 @@ def config_from_args(args):
         return resolve_config(overrides)
     if args.out_dir is None:
         raise InputError("--resume needs --out-dir, the run folder to continue")
+    if args.descriptor_latents:
+        raise InputError("--descriptor-latents trains nothing, so there is nothing to resume")
     changed = sorted(set(overrides) - {"ENC_EPOCHS"})
     if changed:
         raise InputError(f"--resume continues the saved config; only --epochs may change, not {changed}")
@@ -72,6 +79,9 @@ def check_config(cfg):
     data.descriptor_sizes(cfg)
     data.check_histogram_settings(cfg)
     check_split_ratios(cfg.TRAIN_VAL_TEST_SPLIT)
+    if cfg.BOND_TOLERANCE < 1:
+        raise InputError(f"BOND_TOLERANCE={cfg.BOND_TOLERANCE}: expected at least 1, a multiple of the covalent "
+                         "radii that every bond reaches")
     if cfg.ENC_LR_FACTOR >= 1:
         raise InputError(f"ENC_LR_FACTOR={cfg.ENC_LR_FACTOR}: expected a factor below 1")
 
@@ -100,7 +110,8 @@ def encoder_hparams(cfg, avg_num_neighbors):
     return {"atom_types": list(cfg.ATOM_TYPES), "hidden_irreps": cfg.ENC_HIDDEN_IRREPS,
             "num_layers": cfg.ENC_NUM_LAYERS, "latent_dim": cfg.LATENT_DIM, "cutoff": cfg.CUTOFF,
             "num_radial_basis": cfg.NUM_RADIAL_BASIS, "radial_hidden_dim": cfg.RADIAL_HIDDEN_DIM,
-            "avg_num_neighbors": avg_num_neighbors}
+            "avg_num_neighbors": avg_num_neighbors, "readout": cfg.LATENT_READOUT,
+            "keep_vectors": cfg.DENOISE_WEIGHT > 0}
 
 
 def decoder_hparams(cfg, out_dim):
@@ -125,6 +136,13 @@ def weighted_total(losses, weights):
     return sum(weights[name] * loss for name, loss in losses.items())
 
 
+def loss_weights(cfg):
+    """Weight of every loss group, in the order batch_losses returns them: the descriptor groups,
+    then denoising if it is on."""
+    weights = {name: cfg.DESCRIPTOR_WEIGHTS[name] for name in data.descriptor_sizes(cfg)}
+    return {**weights, **({"denoise": cfg.DENOISE_WEIGHT} if cfg.DENOISE_WEIGHT > 0 else {})}
+
+
 def make_optimizer(cfg, params, device):
     optimizer = torch.optim.Adam(params, lr=cfg.ENC_LR, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.ENC_LR_FACTOR,
@@ -142,20 +160,51 @@ def epoch_order(train_rows, seed, epoch):
     return train_rows[torch.randperm(len(train_rows), generator=generator).to(train_rows.device)]
 
 
-class Autoencoder(nn.Module):
-    """Structure -> latent -> descriptors: the encoder and decoder as the one module that trains."""
+TRAIN_NOISE, VALIDATION_NOISE = 1, 0  # streams of position noise, apart from any other random draw
 
-    def __init__(self, encoder, decoder):
+
+def position_noise(structures, cfg, stream, epoch=0):
+    """Unit Gaussian noise for every atom's position (A, 3), a pure function of (SEED, stream,
+    epoch) drawn on the CPU, so a resumed run and any number of processes see the same noise;
+    None when denoising is off."""
+    if cfg.DENOISE_WEIGHT == 0:
+        return None
+    seed = int(np.random.SeedSequence([cfg.SEED, stream, epoch]).generate_state(1, np.uint64)[0])
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(structures.pos.shape, generator=generator).to(structures.pos.device)
+
+
+class Autoencoder(nn.Module):
+    """Structure -> latent -> descriptors, and with a vector head each atom's position noise: the
+    models that train, as one module."""
+
+    def __init__(self, encoder, decoder, vector_head=None):
         super().__init__()
-        self.encoder, self.decoder = encoder, decoder
+        self.encoder, self.decoder, self.vector_head = encoder, decoder, vector_head
 
     def forward(self, z, pos, batch):
-        return self.decoder(self.encoder(z, pos, batch))
+        """(descriptors (B, width), vectors (A, 3) or None without a vector head)."""
+        latent, last_features = self.encoder.encode(z, pos, batch)
+        vectors = None if self.vector_head is None else self.vector_head(last_features)
+        return self.decoder(latent), vectors
 
 
-def train_epoch(model, optimizer, structures, targets, rows, cfg, ranks=Ranks()):
+def batch_losses(model, structures, targets, rows, noise, sizes, sigma):
+    """Per-group losses of molecules `rows`: each descriptor group's MSE and, given `noise` (all
+    atoms, in units of sigma), the MSE of the noise predicted from the displaced positions."""
+    atoms, batch = structures.atoms_of(rows)
+    pos = structures.pos[atoms] if noise is None else structures.pos[atoms] + sigma * noise[atoms]
+    descriptors, vectors = model(structures.z[atoms], pos, batch)
+    losses = group_losses(descriptors, targets[rows], sizes)
+    if noise is not None:
+        losses["denoise"] = ((vectors - noise[atoms]) ** 2).mean()
+    return losses
+
+
+def train_epoch(model, optimizer, structures, targets, rows, cfg, noise=None, ranks=Ranks()):
     """One pass over `rows` in shuffled batches of ENC_BATCH_SIZE molecules, each rank training on its
-    share of every batch; returns the mean weighted loss over all ranks (a 0-d tensor).
+    share of every batch; returns the mean weighted loss over all ranks (a 0-d tensor). `noise`: the
+    epoch's position_noise.
 
     Each rank's loss is weighted by its share of the batch, times the number of ranks that
     DistributedDataParallel divides the summed gradients by: the step is then that of the whole
@@ -168,8 +217,8 @@ def train_epoch(model, optimizer, structures, targets, rows, cfg, ranks=Ranks())
         if len(chunk) < ranks.world:
             continue
         mine = ranks.share(chunk)
-        loss = weighted_total(group_losses(model(*structures.gather(mine)), targets[mine], sizes),
-                              cfg.DESCRIPTOR_WEIGHTS)
+        loss = weighted_total(batch_losses(model, structures, targets, mine, noise, sizes, cfg.DENOISE_SIGMA),
+                              loss_weights(cfg))
         optimizer.zero_grad(set_to_none=True)
         (loss * (ranks.world * len(mine) / len(chunk))).backward()
         optimizer.step()
@@ -179,17 +228,18 @@ def train_epoch(model, optimizer, structures, targets, rows, cfg, ranks=Ranks())
 
 
 @torch.no_grad()
-def evaluate(model, structures, targets, rows, cfg, ranks=Ranks()):
+def evaluate(model, structures, targets, rows, cfg, noise=None, ranks=Ranks()):
     """Per-group losses on `rows` and their weighted total, as Python floats, the same on every rank:
-    each rank evaluates its share and the sums are added across ranks."""
+    each rank evaluates its share and the sums are added across ranks (each batch's losses weighted
+    by its molecules). `noise`: the fixed validation position_noise."""
     model.eval()
-    sizes = data.descriptor_sizes(cfg)
-    sums = torch.zeros(len(sizes), device=targets.device)
+    sizes, weights = data.descriptor_sizes(cfg), loss_weights(cfg)
+    sums = torch.zeros(len(weights), device=targets.device)
     for chunk in data.batches(ranks.share(rows), cfg.EVAL_BATCH_SIZE):
-        losses = group_losses(model(*structures.gather(chunk)), targets[chunk], sizes)
+        losses = batch_losses(model, structures, targets, chunk, noise, sizes, cfg.DENOISE_SIGMA)
         sums = sums + torch.stack(list(losses.values())) * len(chunk)
-    losses = dict(zip(sizes, (ranks.all_sum(sums).double() / len(rows)).tolist()))
-    return weighted_total(losses, cfg.DESCRIPTOR_WEIGHTS), losses
+    losses = dict(zip(weights, (ranks.all_sum(sums).double() / len(rows)).tolist()))
+    return weighted_total(losses, weights), losses
 
 
 @torch.no_grad()
@@ -201,6 +251,16 @@ def extract_latents(encoder, structures, batch_size):
     return torch.cat(latents).float().cpu().numpy()
 
 
+def save_last(out_dir, model, optimizer, scheduler, epoch, best_val, enc_hparams, dec_hparams, cfg):
+    """last.pt: everything --resume needs to continue exactly where the run stopped."""
+    save_torch(out_dir / LAST, {
+        "encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(),
+        "vector_head": None if model.vector_head is None else model.vector_head.state_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+        "best_val": best_val, "encoder_hparams": enc_hparams, "decoder_hparams": dec_hparams,
+        "config": config_json(cfg)})
+
+
 def save_best(out_dir, encoder, decoder, enc_hparams, dec_hparams, target_stats, epoch, val_loss):
     """The best-so-far encoder and decoder, each loadable on its own."""
     common = {"epoch": epoch, "val_loss": val_loss}
@@ -210,13 +270,14 @@ def save_best(out_dir, encoder, decoder, enc_hparams, dec_hparams, target_stats,
                                         **common})
 
 
-def write_latents(path, latents, y, split, qm9_index, cfg):
-    """latents_qm9.npz: z_all (M, LATENT_DIM) float32, y_all (M,) HOMO eV, the split, qm9_index, config."""
+def write_latents(path, latents, y, split, qm9_index, cfg, source):
+    """latents_qm9.npz: z_all (M, D) float32, y_all (M,) HOMO eV, the split, qm9_index, config, and
+    latent_source, what z_all is (the encoder of an epoch, or the descriptor targets)."""
     idx_train, idx_val, idx_test = split
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, z_all=latents.astype(np.float32), y_all=y.astype(np.float64), idx_train=idx_train,
                  idx_val=idx_val, idx_test=idx_test, qm9_index=qm9_index.astype(np.int64),
-                 config=np.array(config_json(cfg)))
+                 config=np.array(config_json(cfg)), latent_source=np.array(source))
 
 
 def prepare_data(cfg, device):
@@ -287,24 +348,29 @@ def load_last(out_dir, cfg, device):
 
 
 def build_models(cfg, enc_hparams, dec_hparams, device, checkpoint):
-    """Step 5: encoder, decoder, optimizer and scheduler, restored from `checkpoint` (last.pt) if given.
-    Returns them with the first epoch to train and the best validation loss so far."""
+    """Step 5: the Autoencoder (encoder, decoder and, with denoising, the vector head), optimizer and
+    scheduler, restored from `checkpoint` (last.pt) if given. Returns them with the first epoch to
+    train and the best validation loss so far."""
     encoder = EquivGNNEncoder(**enc_hparams).to(device)
     if cfg.ENC_COMPILE:
         for layer in encoder.layers:  # the radius graph has data-dependent shapes, so only the layers compile
             layer.compile(dynamic=True)
     decoder = EquivDecoder(**dec_hparams).to(device)
-    optimizer, scheduler = make_optimizer(cfg, [*encoder.parameters(), *decoder.parameters()], device)
+    vector_head = VectorHead(encoder.last_irreps).to(device) if cfg.DENOISE_WEIGHT > 0 else None
+    model = Autoencoder(encoder, decoder, vector_head)
+    optimizer, scheduler = make_optimizer(cfg, list(model.parameters()), device)
     if checkpoint is None:
-        return encoder, decoder, optimizer, scheduler, 0, float("inf")
+        return model, optimizer, scheduler, 0, float("inf")
     try:
         encoder.load_state_dict(checkpoint["encoder"])
         decoder.load_state_dict(checkpoint["decoder"])
+        if vector_head is not None:
+            vector_head.load_state_dict(checkpoint["vector_head"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
         raise InputError(f"{LAST}: its weights do not fit the models of the run's config ({first_line(err)})") from None
-    return encoder, decoder, optimizer, scheduler, checkpoint["epoch"], checkpoint["best_val"]
+    return model, optimizer, scheduler, checkpoint["epoch"], checkpoint["best_val"]
 
 
 def export_latents(out_dir, structures, arrays, split, cfg, device, logger):
@@ -312,55 +378,81 @@ def export_latents(out_dir, structures, arrays, split, cfg, device, logger):
     if not (out_dir / BEST_ENCODER).is_file():
         raise InputError(f"{out_dir}: no best checkpoint; ENC_EPOCHS={cfg.ENC_EPOCHS} trained nothing")
     start = time.perf_counter()
+    best_epoch = torch.load(out_dir / BEST_ENCODER, map_location="cpu", weights_only=True)["epoch"]
     latents = extract_latents(load_encoder(out_dir / BEST_ENCODER, device), structures, cfg.EVAL_BATCH_SIZE)
     seconds = time.perf_counter() - start
     logger.info("latents of %d molecules in %.1f s (%.0f mol/s)", len(latents), seconds, len(latents) / seconds)
-    write_latents(out_dir / LATENTS_NAME, latents, arrays["homo_ev"], split, arrays["index"], cfg)
-    logger.info("wrote %s; HOMO mean %.3f eV, std %.3f eV (not used in training)", out_dir / LATENTS_NAME,
+    source = f"encoder after epoch {best_epoch}" + (" (untrained)" if best_epoch == 0 else "")
+    write_latents(out_dir / LATENTS_NAME, latents, arrays["homo_ev"], split, arrays["index"], cfg, source)
+    log_written(out_dir / LATENTS_NAME, source, arrays, logger)
+
+
+def log_written(path, source, arrays, logger):
+    logger.info("wrote %s (%s); HOMO mean %.3f eV, std %.3f eV (not used in training)", path, source,
                 arrays["homo_ev"].mean(), arrays["homo_ev"].std())
+
+
+def export_descriptor_latents(out_dir, prepared, cfg, logger):
+    """The control of --descriptor-latents: the standardized descriptor targets as z_all, on the same
+    split, so a latent can be judged against the features it was trained to reproduce."""
+    source = "descriptor targets " + " + ".join(prepared.descriptor_sizes)
+    write_latents(out_dir / LATENTS_NAME, prepared.targets.float().cpu().numpy(), prepared.arrays["homo_ev"],
+                  prepared.split, prepared.arrays["index"], cfg, source)
+    log_written(out_dir / LATENTS_NAME, source, prepared.arrays, logger)
 
 
 def train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger, ranks=Ranks()):
     """Steps 5-11: models, training with checkpoints (steps 6, 7), latents and npz. Rank 0 alone
-    writes; with several ranks the model trains under DistributedDataParallel."""
+    writes; with several ranks the model trains under DistributedDataParallel. ENC_EPOCHS=0 saves
+    and exports the untrained encoder, a control."""
     set_seed(cfg.SEED)
     enc_hparams = encoder_hparams(cfg, avg_neighbors)
     dec_hparams = decoder_hparams(cfg, prepared.targets.shape[1])
-    encoder, decoder, optimizer, scheduler, first_epoch, best_val = build_models(cfg, enc_hparams, dec_hparams,
-                                                                                 device, checkpoint)
-    model = Autoencoder(encoder, decoder)
+    model, optimizer, scheduler, first_epoch, best_val = build_models(cfg, enc_hparams, dec_hparams, device,
+                                                                      checkpoint)
     trained = model if ranks.world == 1 else DistributedDataParallel(model, broadcast_buffers=False)
     if checkpoint is not None:
         logger.info("resumed from %s after epoch %d (best val %.5f)", out_dir / LAST, first_epoch, best_val)
     logger.info("encoder %d parameters, average neighbours %.2f; decoder %d parameters; %d process(es)",
-                sum(p.numel() for p in encoder.parameters()), avg_neighbors,
-                sum(p.numel() for p in decoder.parameters()), ranks.world)
+                sum(p.numel() for p in model.encoder.parameters()), avg_neighbors,
+                sum(p.numel() for p in model.decoder.parameters()), ranks.world)
     train_rows, val_rows = (torch.as_tensor(rows, device=device) for rows in prepared.split[:2])
     structures, targets = prepared.structures, prepared.targets
+    val_noise = position_noise(structures, cfg, VALIDATION_NOISE)
+
+    def save(epoch, val_loss):
+        nonlocal best_val
+        if val_loss < best_val:
+            best_val = val_loss
+            if ranks.is_main:
+                save_best(out_dir, model.encoder, model.decoder, enc_hparams, dec_hparams, prepared.target_stats,
+                          epoch, val_loss)
+        if ranks.is_main:
+            save_last(out_dir, model, optimizer, scheduler, epoch, best_val, enc_hparams, dec_hparams, cfg)
+
+    if cfg.ENC_EPOCHS == 0:
+        val_loss, val_groups = evaluate(model, structures, targets, val_rows, cfg, val_noise, ranks)
+        logger.info("untrained encoder (ENC_EPOCHS=0): val %.5f [%s]", val_loss, format_groups(val_groups))
+        save(0, val_loss)
     for epoch in tqdm(range(first_epoch, cfg.ENC_EPOCHS), desc="epochs", disable=None if ranks.is_main else True):
         start = time.perf_counter()
-        train_loss = float(train_epoch(trained, optimizer, structures, targets,
-                                       epoch_order(train_rows, cfg.SEED, epoch), cfg, ranks))
-        val_loss, val_groups = evaluate(model, structures, targets, val_rows, cfg, ranks)
+        train_loss = float(train_epoch(trained, optimizer, structures, targets, epoch_order(train_rows, cfg.SEED, epoch),
+                                       cfg, position_noise(structures, cfg, TRAIN_NOISE, epoch), ranks))
+        val_loss, val_groups = evaluate(model, structures, targets, val_rows, cfg, val_noise, ranks)
         if not math.isfinite(val_loss):
             raise InputError(f"training diverged in epoch {epoch + 1} (validation loss {val_loss}); lower ENC_LR")
         scheduler.step(val_loss)
         seconds = time.perf_counter() - start
         logger.info("epoch %4d/%d train %.5f val %.5f [%s] lr %.2e %.1f s %.0f mol/s", epoch + 1, cfg.ENC_EPOCHS,
-                    train_loss, val_loss, " ".join(f"{k} {v:.4f}" for k, v in val_groups.items()),
-                    optimizer.param_groups[0]["lr"], seconds, len(train_rows) / seconds)
-        if val_loss < best_val:
-            best_val = val_loss
-            if ranks.is_main:
-                save_best(out_dir, encoder, decoder, enc_hparams, dec_hparams, prepared.target_stats, epoch + 1,
-                          val_loss)
-        if ranks.is_main:
-            save_torch(out_dir / LAST, {
-                "encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_val": best_val,
-                "encoder_hparams": enc_hparams, "decoder_hparams": dec_hparams, "config": config_json(cfg)})
+                    train_loss, val_loss, format_groups(val_groups), optimizer.param_groups[0]["lr"], seconds,
+                    len(train_rows) / seconds)
+        save(epoch + 1, val_loss)
     if ranks.is_main:
         export_latents(out_dir, prepared.structures, prepared.arrays, prepared.split, cfg, device, logger)
+
+
+def format_groups(losses):
+    return " ".join(f"{name} {value:.4f}" for name, value in losses.items())
 
 
 def check_ranks(cfg, prepared, ranks):
@@ -376,6 +468,9 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_args(args)
     check_config(cfg)
+    # Smeared-histogram tails and the Adam state of near-empty descriptor columns fall below float32's
+    # normal range; CPU arithmetic on such denormals is up to 100 times slower. Zero is as good here.
+    torch.set_flush_denormal(True)
     ranks, device = distributed.start(get_device(args.device), cfg.DIST_TIMEOUT_S)
     try:
         out_dir = args.out_dir or default_run_dir(cfg, "encoder")
@@ -394,7 +489,10 @@ def main(argv=None):
                 log_data(prepared, device, logger)
             else:
                 logger = quiet_logger(f"encoder.rank{ranks.rank}")
-            train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger, ranks)
+            if not args.descriptor_latents:
+                train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger, ranks)
+            elif ranks.is_main:
+                export_descriptor_latents(out_dir, prepared, cfg, logger)
     finally:
         distributed.stop(ranks)
 

@@ -267,7 +267,8 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-MAY_BE_ZERO = {"ENC_LR_PATIENCE"}  # 0 is meaningful here: lower the rate after any epoch without improvement
+# 0 is meaningful here: lower the rate after any epoch without improvement; the untrained encoder
+MAY_BE_ZERO = {"ENC_LR_PATIENCE", "ENC_EPOCHS"}
 SEED_KEYS = {"SEED", "SAMPLING_SEEDS"}
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which set_seed uses, takes no larger seed
 

@@ -14,12 +14,15 @@ import train_encoder_qm9 as tr
 from utils import default_config, resolve_config
 
 ENCODER_MODEL = {"ATOM_TYPES": ("H", "C", "N", "O", "F", "S"), "ENC_HIDDEN_IRREPS": "8x0e + 8x1o",
-                 "ENC_NUM_LAYERS": 2, "CUTOFF": 3.0, "NUM_RADIAL_BASIS": 4, "RADIAL_HIDDEN_DIM": 16, "LATENT_DIM": 32}
+                 "ENC_NUM_LAYERS": 2, "CUTOFF": 3.0, "NUM_RADIAL_BASIS": 4, "RADIAL_HIDDEN_DIM": 16, "LATENT_DIM": 32,
+                 "LATENT_READOUT": "all"}
 DESCRIPTORS = {"DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "pair_hist": 1.0}, "DIST_HIST_RANGE": (1.0, 4.0),
                "DIST_HIST_BINS": 20, "PAIR_HIST_RANGE": (1.0, 2.5), "PAIR_HIST_BINS": 12}
+ANGLES_ON = {"DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "angle_hist": 1.0}}
+ANGLE_DESCRIPTORS = {"BOND_TOLERANCE": 1.01, "ANGLE_HIST_RANGE": (90.0, 150.0), "ANGLE_HIST_BINS": 13}
 ENCODER_RUN = {"ENC_LR": 3e-3, "ENC_BATCH_SIZE": 8, "ENC_EPOCHS": 2, "SEED": 1, "TRAIN_VAL_TEST_SPLIT": (0.6, 0.2, 0.2),
                "MAX_STRUCTURES": 50, "DESCRIPTOR_WEIGHTS": {"atom_counts": 5.0, "distance_hist": 1.0, "pair_hist": 1.0},
-               "DEC_HIDDEN_DIM": 64}
+               "DEC_HIDDEN_DIM": 64, "DENOISE_WEIGHT": 1.0}
 SAMPLING_RUN = {"MLP_HIDDEN_DIM": 48, "MLP_LAYERS": 1, "MLP_LR": 3e-3, "MLP_EPOCHS": 15, "MLP_BATCH_SIZE": 8,
                 "MLP_PATIENCE": 1, "SAMPLING_NS": [10, 20], "SAMPLING_SEEDS": [0, 2],
                 "SAMPLING_STRATEGIES": ["kcenter"], "KCENTER_STANDARDIZE": False, "HEAD": ["krr"],
@@ -27,13 +30,13 @@ SAMPLING_RUN = {"MLP_HIDDEN_DIM": 48, "MLP_LAYERS": 1, "MLP_LR": 3e-3, "MLP_EPOC
 SELECTION = {"KMEANS_ITERATIONS": 1, "TYPICLUST_K": 2, "TYPICLUST_MIN_CLUSTER_SIZE": 40, "HERDING_WIDTH": 0.3,
              "HERDING_SAMPLE": 50}  # each changes the picks of the strategy that uses it
 ELSEWHERE = {"DATA_ROOT", "OUTPUT_DIR", "EVAL_BATCH_SIZE", "ENC_LR_FACTOR", "ENC_LR_PATIENCE", "MLP_VAL_SIZE",
-             "ENC_COMPILE", "DIST_TIMEOUT_S"}  # DIST_TIMEOUT_S: tests/test_distributed.py
+             "ENC_COMPILE", "DIST_TIMEOUT_S", "DENOISE_SIGMA"}  # DIST_TIMEOUT_S: tests/test_distributed.py
 
 
 def test_every_constant_has_a_behaviour_test():
-    covered = set(ENCODER_MODEL) | set(DESCRIPTORS) | set(ENCODER_RUN) | set(SAMPLING_RUN) | set(SELECTION) | ELSEWHERE
-    assert covered == set(vars(default_config()))
-    for name, value in {**ENCODER_MODEL, **DESCRIPTORS, **ENCODER_RUN, **SAMPLING_RUN, **SELECTION}.items():
+    changed = {**ENCODER_MODEL, **DESCRIPTORS, **ANGLE_DESCRIPTORS, **ENCODER_RUN, **SAMPLING_RUN, **SELECTION}
+    assert set(changed) | ELSEWHERE == set(vars(default_config()))
+    for name, value in changed.items():
         assert value != getattr(default_config(), name), name
 
 
@@ -57,10 +60,11 @@ def descriptors(cfg):
     return data.structure_descriptors(torch.tensor([1, 0, 0, 0, 0]), pos, torch.zeros(5, dtype=torch.long), 1, cfg)
 
 
-@pytest.mark.parametrize("name", DESCRIPTORS)
-def test_descriptor_settings_change_the_targets(name):
-    before = torch.cat(list(descriptors(resolve_config()).values()), dim=1)
-    after = torch.cat(list(descriptors(resolve_config({name: DESCRIPTORS[name]})).values()), dim=1)
+@pytest.mark.parametrize("name, value, base", [*((name, value, {}) for name, value in DESCRIPTORS.items()),
+                                               *((name, value, ANGLES_ON) for name, value in ANGLE_DESCRIPTORS.items())])
+def test_descriptor_settings_change_the_targets(name, value, base):
+    before = torch.cat(list(descriptors(resolve_config(base)).values()), dim=1)
+    after = torch.cat(list(descriptors(resolve_config({**base, name: value})).values()), dim=1)
     assert before.shape != after.shape or not torch.allclose(before, after)
 
 
@@ -86,16 +90,22 @@ def test_training_settings_change_the_latents_or_split(name, qm9_root, tmp_path,
     assert differs
 
 
+def test_denoise_sigma_sets_the_size_of_the_displacements(qm9_root, tmp_path):
+    latents = [tiny_run(qm9_root, tmp_path / str(sigma), "--set", "DENOISE_WEIGHT=1.0", "--set",
+                        f"DENOISE_SIGMA={sigma}")["z_all"] for sigma in (0.04, 0.2)]
+    assert not np.array_equal(*latents)
+
+
 def test_eval_batch_size_sets_the_no_grad_batches(qm9_root, tmp_path, monkeypatch):
     sizes = []
-    forward = tr.EquivGNNEncoder.forward
+    encode = tr.EquivGNNEncoder.encode
 
-    def recording_forward(self, z, pos, batch):
+    def recording_encode(self, z, pos, batch):
         if not torch.is_grad_enabled():
             sizes.append(int(batch.max()) + 1)
-        return forward(self, z, pos, batch)
+        return encode(self, z, pos, batch)
 
-    monkeypatch.setattr(tr.EquivGNNEncoder, "forward", recording_forward)
+    monkeypatch.setattr(tr.EquivGNNEncoder, "encode", recording_encode)
     tiny_run(qm9_root, tmp_path / "a", "--set", "EVAL_BATCH_SIZE=7")
     assert max(sizes) == 7 and sum(sizes) > 60
 

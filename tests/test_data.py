@@ -193,3 +193,75 @@ def test_target_standardization_floors_nearly_empty_columns():
     assert std[2] == pytest.approx(0.1 * group_rms)
     assert standardized[:, 2].abs().max() < 10
     np.testing.assert_allclose(standardized[:, :2].std(dim=0).numpy(), 1.0, rtol=1e-5)
+
+
+WITH_ANGLES = {"DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "angle_hist": 1.0}}
+
+
+def angle_rows(groups, cfg):
+    """The angle histogram of one molecule as (centre type, neighbour pair, bins)."""
+    return groups["angle_hist"][0].reshape(5, 15, cfg.ANGLE_HIST_BINS).numpy()
+
+
+def test_angle_targets_of_methane_and_water_match_a_hand_computation():
+    cfg = resolve_config(WITH_ANGLES)
+    bins = (cfg.ANGLE_HIST_RANGE, cfg.ANGLE_HIST_BINS)
+    tetrahedral = np.degrees(np.arccos(-1 / 3))  # 109.47: the six H-C-H angles of methane
+    methane = data.structure_descriptors(torch.tensor([1, 0, 0, 0, 0]), torch.tensor(METHANE_POS, dtype=torch.float64),
+                                         torch.zeros(5, dtype=torch.long), 1, cfg)
+    rows = angle_rows(methane, cfg)
+    np.testing.assert_allclose(rows[1, 0], smeared([tetrahedral] * 6, *bins), atol=1e-9)  # centre C, pair (H, H)
+    rows[1, 0] = 0
+    assert np.abs(rows).max() == 0  # hydrogens bond to nothing else: H-H is 1.78 Angstrom
+
+    water = np.array([[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]])
+    u, v = water[1] - water[0], water[2] - water[0]
+    hoh = np.degrees(np.arccos(u @ v / np.linalg.norm(u) / np.linalg.norm(v)))  # 104.5
+    groups = data.structure_descriptors(torch.tensor([3, 0, 0]), torch.tensor(water), torch.zeros(3, dtype=torch.long),
+                                        1, cfg)
+    rows = angle_rows(groups, cfg)
+    np.testing.assert_allclose(rows[3, 0], smeared([hoh], *bins), atol=1e-9)  # centre O, pair (H, H)
+    rows[3, 0] = 0
+    assert np.abs(rows).max() == 0
+    assert hoh == pytest.approx(104.5, abs=0.1)
+
+
+def test_angle_targets_resolve_the_element_triplet():
+    """Methanol-like: C bonded to O and three H; O bonded to C and H. Each angle lands in its triplet row."""
+    cfg = resolve_config(WITH_ANGLES)
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1.43, 0.0, 0.0], [1.75, 0.9, 0.0], [-0.36, 1.03, 0.0],
+                        [-0.36, -0.51, 0.89], [-0.36, -0.51, -0.89]], dtype=torch.float64)
+    types = torch.tensor([1, 3, 0, 0, 0, 0])  # C O H H H H
+    rows = angle_rows(data.structure_descriptors(types, pos, torch.zeros(6, dtype=torch.long), 1, cfg), cfg)
+    counts = rows.sum(axis=2) / rows.sum(axis=2).max() * 3  # the H-C-H row holds three angles, the most
+    expected = np.zeros((5, 15))
+    expected[1, 0] = 3  # H-C-H
+    expected[1, 3] = 3  # H-C-O: pair (H, O) is row 3
+    expected[3, 1] = 1  # C-O-H: centre O, pair (H, C) is row 1
+    np.testing.assert_allclose(counts, expected, atol=0.05)
+
+
+def test_descriptors_invariant_to_rotation_reflection_translation_and_order():
+    from conftest import random_molecules
+    from e3nn import o3
+    cfg = resolve_config({"DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "distance_hist": 1.0, "pair_hist": 1.0,
+                                                 "angle_hist": 1.0}})
+    z, pos, batch = random_molecules([7, 12, 5], torch.Generator().manual_seed(5))
+    types = torch.searchsorted(torch.tensor([1, 6, 7, 8, 9]), z)  # rows of ATOM_TYPES
+    reference = data.structure_descriptors(types, pos, batch, 3, cfg)
+    assert reference["angle_hist"].sum() > 0
+    generator = torch.Generator().manual_seed(6)
+    order = torch.randperm(len(z), generator=generator)
+    order = order[torch.argsort(batch[order], stable=True)]  # shuffled atoms, molecules still contiguous
+    for rotation in (o3.rand_matrix(dtype=torch.float64), -o3.rand_matrix(dtype=torch.float64)):
+        moved = pos[order] @ rotation.T + torch.randn(3, generator=generator, dtype=torch.float64) * 5
+        groups = data.structure_descriptors(types[order], moved, batch[order], 3, cfg)
+        for name, values in groups.items():
+            np.testing.assert_allclose(values.numpy(), reference[name].numpy(), atol=1e-9, err_msg=name)
+
+
+def test_bond_tolerance_decides_what_counts_as_a_bond():
+    cfg = resolve_config({**WITH_ANGLES, "BOND_TOLERANCE": 1.01})  # C-H is 1.09, 1.02 times the radii
+    methane = data.structure_descriptors(torch.tensor([1, 0, 0, 0, 0]), torch.tensor(METHANE_POS),
+                                         torch.zeros(5, dtype=torch.long), 1, cfg)
+    assert methane["angle_hist"].abs().max() == 0

@@ -1,5 +1,6 @@
 """Same seed, same bits on the CPU, while other processes compete for every core."""
 import numpy as np
+import pytest
 import torch
 from conftest import assert_same_tensors, run_train
 from test_train_encoder import epoch_lines
@@ -38,8 +39,9 @@ def last_and_latents(run_dir):
 def assert_same_run(expected_dir, got_dir):
     (expected, expected_z), (got, got_z) = last_and_latents(expected_dir), last_and_latents(got_dir)
     assert got["epoch"] == expected["epoch"]
-    for part in ("encoder", "decoder"):
-        assert_same_tensors(expected[part], got[part], part)
+    for part in ("encoder", "decoder", "vector_head"):
+        if expected[part] is not None or got[part] is not None:
+            assert_same_tensors(expected[part], got[part], part)
     for expected_state, got_state in zip(expected["optimizer"]["state"].values(), got["optimizer"]["state"].values()):
         assert_same_tensors(expected_state, got_state, "Adam state")
     np.testing.assert_array_equal(expected_z, got_z)
@@ -54,9 +56,14 @@ def test_same_seed_same_weights(qm9_root, tmp_path, busy_cores):
     assert_same_run(tmp_path / "first", tmp_path / "second")
 
 
-def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(qm9_root, tmp_path, busy_cores):
-    run_train(["--data-root", qm9_root, *COMMON, "--epochs", 4, "--out-dir", tmp_path / "straight"])
-    run_train(["--data-root", qm9_root, *COMMON, "--epochs", 2, "--out-dir", tmp_path / "interrupted"])
+DENOISING = ["--set", "DENOISE_WEIGHT=1.0", "--set", "LATENT_READOUT='all'",
+             "--set", "DESCRIPTOR_WEIGHTS={'atom_counts': 1.0, 'pair_hist': 1.0, 'angle_hist': 1.0}"]
+
+
+@pytest.mark.parametrize("objective", [[], DENOISING], ids=["descriptors", "denoising"])
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(qm9_root, tmp_path, busy_cores, objective):
+    run_train(["--data-root", qm9_root, *COMMON, *objective, "--epochs", 4, "--out-dir", tmp_path / "straight"])
+    run_train(["--data-root", qm9_root, *COMMON, *objective, "--epochs", 2, "--out-dir", tmp_path / "interrupted"])
     run_train(["--resume", "--epochs", 4, "--out-dir", tmp_path / "interrupted"])
     assert_same_run(tmp_path / "straight", tmp_path / "interrupted")
     straight = torch.load(tmp_path / "straight" / tr.LAST, weights_only=True)

@@ -4,16 +4,16 @@ import torch
 from conftest import random_molecules
 from e3nn import o3
 
-from models import EquivDecoder, EquivGNNEncoder, ResidualMLP, radius_graph
+from models import EquivDecoder, EquivGNNEncoder, ResidualMLP, VectorHead, radius_graph
 from utils import InputError
 
 ATOM_TYPES = ("H", "C", "N", "O", "F")
 
 
-def make_encoder(hidden_irreps="16x0e + 16x1o", num_layers=3, seed=0):
+def make_encoder(hidden_irreps="16x0e + 16x1o", num_layers=3, seed=0, **options):
     torch.manual_seed(seed)
     encoder = EquivGNNEncoder(ATOM_TYPES, hidden_irreps, num_layers, latent_dim=32, cutoff=3.0,
-                              num_radial_basis=8, radial_hidden_dim=16, avg_num_neighbors=8.0)
+                              num_radial_basis=8, radial_hidden_dim=16, avg_num_neighbors=8.0, **options)
     return encoder.to(torch.float64).eval()
 
 
@@ -26,20 +26,54 @@ def relative_error(a, b):
     return float(((a - b).norm() / b.norm()).detach())
 
 
-@pytest.mark.parametrize("hidden_irreps, num_layers", [("16x0e + 16x1o", 3), ("8x0e + 4x1o + 4x2e", 3),
-                                                       ("8x0e + 4x0o + 4x1o + 4x1e", 4)])
-def test_latent_invariant_to_rotation_reflection_translation(molecules, hidden_irreps, num_layers):
-    z, pos, batch = molecules
-    encoder = make_encoder(hidden_irreps, num_layers)
-    reference = encoder(z, pos, batch)
-    generator = torch.Generator().manual_seed(2)
-    for trial in range(3):
+def random_motions(seed, count=3):
+    """(rotation, shift) pairs in float64; the last rotation is improper (a reflection)."""
+    generator = torch.Generator().manual_seed(seed)
+    for trial in range(count):
         rotation = o3.rand_matrix(dtype=torch.float64)
-        if trial == 2:
-            rotation = -rotation  # an improper rotation: parity-aware irreps must still give invariants
-        shift = torch.randn(3, generator=generator, dtype=torch.float64) * 5
+        yield (-rotation if trial == count - 1 else rotation), torch.randn(3, generator=generator,
+                                                                              dtype=torch.float64) * 5
+
+
+@pytest.mark.parametrize("hidden_irreps, num_layers, options", [
+    ("16x0e + 16x1o", 3, {}), ("8x0e + 4x1o + 4x2e", 3, {}), ("8x0e + 4x0o + 4x1o + 4x1e", 4, {}),
+    ("8x0e + 4x0o + 4x1o + 4x1e", 4, {"readout": "all"}), ("16x0e + 16x1o", 3, {"keep_vectors": True}),
+    ("8x0e + 4x1o + 4x2e", 2, {"readout": "all", "keep_vectors": True})])
+def test_latent_invariant_to_rotation_reflection_translation(molecules, hidden_irreps, num_layers, options):
+    z, pos, batch = molecules
+    encoder = make_encoder(hidden_irreps, num_layers, **options)
+    reference = encoder(z, pos, batch)
+    for rotation, shift in random_motions(seed=2):  # an improper rotation: parity-aware irreps must still give invariants
         moved = encoder(z, pos @ rotation.T + shift, batch)
         assert relative_error(moved, reference) < 1e-6
+
+
+def test_predicted_vectors_rotate_with_the_structure(molecules):
+    z, pos, batch = molecules
+    encoder = make_encoder("8x0e + 4x0o + 4x1o + 4x1e", 4, keep_vectors=True)
+    head = VectorHead(encoder.last_irreps).to(torch.float64)
+    reference = head(encoder.encode(z, pos, batch)[1])
+    assert reference.shape == (len(z), 3) and reference.norm() > 0
+    for rotation, shift in random_motions(seed=4):
+        moved = head(encoder.encode(z, pos @ rotation.T + shift, batch)[1])
+        assert relative_error(moved, reference @ rotation.T) < 1e-6
+
+
+def test_readout_of_every_layer_sees_what_the_last_layer_misses(molecules):
+    z, pos, batch = molecules
+    last, every = make_encoder(), make_encoder(readout="all")
+    # two hidden layers of 16 scalars and 16 vector norms, then the last layer's 16 scalars
+    assert every.atom_readout.in_features == 32 + 32 + 16 and last.atom_readout.in_features == 16
+    assert relative_error(every(z, pos, batch), last(z, pos, batch)) > 0.1
+
+
+def test_vectors_kept_only_when_asked_and_only_where_there_are_any():
+    assert str(make_encoder().last_irreps) == "16x0e"
+    assert str(make_encoder(keep_vectors=True).last_irreps) == "16x0e+16x1o"
+    with pytest.raises(InputError, match="needs 1o channels"):
+        make_encoder("8x0e + 4x2e", keep_vectors=True)
+    with pytest.raises(InputError, match="LATENT_READOUT='mean'"):
+        make_encoder(readout="mean")
 
 
 def test_latent_invariant_to_atom_permutation(molecules):

@@ -19,8 +19,8 @@ import data
 import train_encoder_qm9 as tr
 import utils
 
-EPOCH_LINE = re.compile(r"epoch +(\d+)/(\d+) train ([\d.]+) val ([\d.]+) \[atom_counts [\d.]+ distance_hist [\d.]+ "
-                        r"pair_hist [\d.]+\] lr [\d.e+-]+ [\d.]+ s \d+ mol/s")
+EPOCH_LINE = re.compile(r"epoch +(\d+)/(\d+) train ([\d.]+) val ([\d.]+) \[(?:\w+ [\d.]+ ?)+\] "
+                        r"lr [\d.e+-]+ [\d.]+ s \d+ mol/s")
 
 
 def epoch_lines(run_dir):
@@ -40,7 +40,9 @@ def test_run_folder_holds_everything_to_reproduce_it(small_run):
 def test_latents_npz_keys_shapes_dtypes_and_units(small_run, qm9_arrays):
     with np.load(small_run / tr.LATENTS_NAME, allow_pickle=False) as npz:
         arrays = dict(npz)
-    assert set(arrays) == {"z_all", "y_all", "idx_train", "idx_val", "idx_test", "qm9_index", "config"}
+    assert set(arrays) == {"z_all", "y_all", "idx_train", "idx_val", "idx_test", "qm9_index", "config",
+                           "latent_source"}
+    assert str(arrays["latent_source"]) == f"encoder after epoch {torch.load(small_run / tr.BEST_ENCODER)['epoch']}"
     assert arrays["z_all"].shape == (300, 128) and arrays["z_all"].dtype == np.float32
     assert arrays["y_all"].shape == (300,) and arrays["y_all"].dtype == np.float64
     assert np.isfinite(arrays["z_all"]).all()
@@ -272,3 +274,61 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(finished_r
                         r"previous file, if any, is unchanged", stderr.strip().splitlines()[-1])
     assert {p.name: p.read_bytes() for p in finished_run.glob("*.pt")} == before
     assert not list(finished_run.glob(".*"))
+
+
+def read_npz(path):
+    with np.load(path) as npz:
+        return dict(npz)
+
+
+SMALL = ["--max-molecules", 120, "--batch-size", 32]
+
+
+def test_zero_epochs_export_the_untrained_encoder_and_resume_into_training(qm9_root, tmp_path):
+    run_train(["--data-root", qm9_root, *SMALL, "--epochs", 0, "--out-dir", tmp_path / "untrained"])
+    untrained = read_npz(tmp_path / "untrained" / tr.LATENTS_NAME)
+    assert str(untrained["latent_source"]) == "encoder after epoch 0 (untrained)"
+    assert torch.load(tmp_path / "untrained" / tr.BEST_ENCODER)["epoch"] == 0
+    assert "untrained encoder (ENC_EPOCHS=0): val" in (tmp_path / "untrained" / "train.log").read_text()
+    run_train(["--data-root", qm9_root, *SMALL, "--epochs", 2, "--out-dir", tmp_path / "straight"])
+    trained = read_npz(tmp_path / "straight" / tr.LATENTS_NAME)
+    assert np.abs(trained["z_all"] - untrained["z_all"]).max() > 1e-3
+    run_train(["--resume", "--epochs", 2, "--out-dir", tmp_path / "untrained"])
+    np.testing.assert_array_equal(read_npz(tmp_path / "untrained" / tr.LATENTS_NAME)["z_all"], trained["z_all"])
+
+
+def test_descriptor_latents_are_the_standardized_targets_on_the_same_split(capsys, qm9_root, tmp_path):
+    run_train(["--data-root", qm9_root, *SMALL, "--descriptor-latents", "--out-dir", tmp_path / "descriptors"])
+    run_train(["--data-root", qm9_root, *SMALL, "--epochs", 1, "--out-dir", tmp_path / "encoder"])
+    descriptors = read_npz(tmp_path / "descriptors" / tr.LATENTS_NAME)
+    encoder = read_npz(tmp_path / "encoder" / tr.LATENTS_NAME)
+    for key in ("y_all", "idx_train", "idx_val", "idx_test", "qm9_index"):
+        np.testing.assert_array_equal(descriptors[key], encoder[key])
+    cfg = tr.resolve_config({"DATA_ROOT": str(qm9_root), "MAX_STRUCTURES": 120})
+    targets = tr.prepare_data(cfg, torch.device("cpu")).targets
+    np.testing.assert_array_equal(descriptors["z_all"], targets.numpy())
+    assert descriptors["z_all"].shape == (120, sum(data.descriptor_sizes(cfg).values()))
+    assert str(descriptors["latent_source"]) == "descriptor targets atom_counts + distance_hist + pair_hist"
+    assert not (tmp_path / "descriptors" / tr.LAST).exists()
+    message = expect_input_error(capsys, tr.main, ["--resume", "--descriptor-latents", "--out-dir",
+                                                   str(tmp_path / "descriptors")])
+    assert "nothing to resume" in message
+
+
+def test_every_loss_group_is_in_the_epoch_line_and_switching_one_on_changes_the_loss(qm9_root, tmp_path):
+    angles = "DESCRIPTOR_WEIGHTS={'atom_counts': 1.0, 'distance_hist': 1.0, 'pair_hist': 1.0, 'angle_hist': 0.5}"
+    losses = {}
+    for name, extra in (("plain", []), ("angles", ["--set", angles]),
+                        ("denoise", ["--set", "DENOISE_WEIGHT=2.0"])):
+        run_train(["--data-root", qm9_root, *SMALL, "--epochs", 1, "--out-dir", tmp_path / name, *extra])
+        line = [line for line in (tmp_path / name / "train.log").read_text().splitlines() if "epoch    1/1" in line][0]
+        losses[name] = dict(re.findall(r"(\w+) ([\d.]+)", line.split("[")[1].split("]")[0]))
+        losses[name]["val"] = re.search(r"val ([\d.]+)", line).group(1)
+    assert list(losses["plain"]) == ["atom_counts", "distance_hist", "pair_hist", "val"]
+    assert list(losses["angles"]) == ["atom_counts", "distance_hist", "pair_hist", "angle_hist", "val"]
+    assert list(losses["denoise"]) == ["atom_counts", "distance_hist", "pair_hist", "denoise", "val"]
+    for name, weight, group in (("angles", 0.5, "angle_hist"), ("denoise", 2.0, "denoise")):
+        groups = {key: float(value) for key, value in losses[name].items()}
+        total = sum(value for key, value in groups.items() if key not in ("val", group)) + weight * groups[group]
+        assert groups["val"] == pytest.approx(total, abs=2e-4)
+        assert losses[name]["val"] != losses["plain"]["val"]
