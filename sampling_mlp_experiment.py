@@ -40,7 +40,7 @@ CURVE_LABELS = {"random": "random", "kcenter": "k-center", "kmeans": "k-means", 
 HEAD_TITLES = {"mlp": "ResidualMLP head", "krr": "kernel ridge head"}
 INDEX_KEYS = ("idx_train", "idx_val", "idx_test")
 REQUIRED_KEYS = ("z_all", "y_all", *INDEX_KEYS)
-METRICS = ("mae", "rmse", "r2", "p95_abs_error", "max_abs_error")
+METRICS = ("mae", "rmse", "r2", "p95_abs_error", "max_abs_error", "val_mae")  # val_mae: what to choose by
 
 
 def parse_args(argv=None):
@@ -301,7 +301,8 @@ def train_mlp_heads(x, y, x_val, y_val, seeds, cfg):
     """H heads at once, each exactly as train_mlp would train it alone (own init, batch order and
     early stopping); a head that stops leaves the stack, so no work is spent on it afterwards.
     x (H, N, d), y (H, N) standardized per head; x_val (V, d) shared, y_val (H, V).
-    Returns (best parameters {name: (H, ...)}, best epoch per head (H,), the StackedHeads)."""
+    Returns (best parameters {name: (H, ...)}, best epoch (H,) and its validation MAE (H,) per head,
+    the StackedHeads)."""
     num_heads, n = y.shape
     heads = StackedHeads(seeds, x.shape[2], cfg, x.device, x.dtype)
     params = heads.initial_params
@@ -334,7 +335,7 @@ def train_mlp_heads(x, y, x_val, y_val, seeds, cfg):
             if len(live) == 0:
                 break
             params, optimizer = keep_heads(params, optimizer, going)
-    return best, best_epoch, heads
+    return best, best_epoch, best_mae, heads
 
 
 def krr_fit(x, y, x_val, y_val, widths, ridges):
@@ -387,22 +388,23 @@ def budget_inputs(chosen, inputs):
 
 
 def fit_mlp_heads(x, y, y_val, inputs, seeds, cfg):
-    """Test predictions (H, T) in standardized units of MLP heads trained together, and per head
-    its extra result columns."""
-    params, best_epoch, heads = train_mlp_heads(x, y, inputs["val"][0], y_val, seeds, cfg)
+    """Test predictions (H, T) and validation MAEs (H,) in standardized units of MLP heads trained
+    together, and per head its extra result columns."""
+    params, best_epoch, best_mae, heads = train_mlp_heads(x, y, inputs["val"][0], y_val, seeds, cfg)
     with torch.no_grad():
         predictions = heads.shared(params, inputs["test"][0])
-    return predictions, [{"best_epoch": epoch} for epoch in best_epoch.tolist()]
+    return predictions, best_mae, [{"best_epoch": epoch} for epoch in best_epoch.tolist()]
 
 
 def fit_krr_heads(x, y, y_val, inputs, seeds, cfg):
     """As fit_mlp_heads, for kernel ridge heads fitted one after the other."""
-    predictions, columns = [], []
+    predictions, val_mae, columns = [], [], []
     for h in range(len(seeds)):
         model = krr_fit(x[h], y[h], inputs["val"][0], y_val[h], cfg.KRR_WIDTHS, cfg.KRR_RIDGES)
         predictions.append(krr_predict(model, inputs["test"][0]))
+        val_mae.append(model["val_mae"])
         columns.append({"krr_width": model["width"], "krr_ridge": model["ridge"]})
-    return torch.stack(predictions).to(y.dtype), columns
+    return torch.stack(predictions).to(y.dtype), torch.tensor(val_mae, dtype=y.dtype, device=y.device), columns
 
 
 FIT_HEADS = {"mlp": fit_mlp_heads, "krr": fit_krr_heads}
@@ -414,8 +416,9 @@ def fit_budget(head, n_labels, plan, selections, inputs, cfg, logger):
     chosen = torch.stack([selections[strategy, seed, n_labels] for strategy, seed in plan])  # (H, N) pool rows
     x, y, y_val, (y_mean, y_std) = budget_inputs(chosen, inputs)
     start = time.perf_counter()
-    predictions, columns = FIT_HEADS[head](x, y, y_val, inputs, [seed for _, seed in plan], cfg)
+    predictions, val_mae, columns = FIT_HEADS[head](x, y, y_val, inputs, [seed for _, seed in plan], cfg)
     predictions = (y_mean + y_std * predictions).cpu().numpy()
+    val_mae = (y_std[:, 0] * val_mae).tolist()  # eV, on the early-stopping validation molecules
     fit_seconds = (time.perf_counter() - start) / len(plan)
     never = [key for key, extra in zip(plan, columns) if extra.get("best_epoch") == 0]
     if never:  # its validation MAE was never finite: an untrained head is no result
@@ -423,8 +426,8 @@ def fit_budget(head, n_labels, plan, selections, inputs, cfg, logger):
                          f"finite); lower MLP_LR={cfg.MLP_LR}")
     y_true = inputs["test"][1].cpu().numpy()
     rows = []
-    for (strategy, seed), prediction, extra in zip(plan, predictions, columns):
-        m = regression_metrics(y_true, prediction)
+    for (strategy, seed), prediction, extra, head_val_mae in zip(plan, predictions, columns, val_mae):
+        m = {**regression_metrics(y_true, prediction), "val_mae": head_val_mae}
         rows.append({"head": head, "strategy": strategy, "n_labels": n_labels, "seed": seed, **m, **extra,
                      "fit_seconds": fit_seconds})
         logger.info("%s N=%5d %-9s seed %d: test MAE %.4f eV RMSE %.4f R2 %.3f p95 %.4f max %.3f %s", head,

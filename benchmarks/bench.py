@@ -344,7 +344,7 @@ def run_grid(grid, inputs, selections, plan, cfg, device):
     for n_labels in grid["ns"]:
         chosen = torch.stack([selections[key][:n_labels] for key in plan])
         x, y, y_val, (mean, std) = sampling.budget_inputs(chosen, inputs)
-        fast_seconds, (params, fast_epochs, heads) = timed(
+        fast_seconds, (params, fast_epochs, _, heads) = timed(
             lambda: sampling.train_mlp_heads(x, y, x_val, y_val, seeds, cfg), device)
         base_seconds, (models, base_epochs) = timed(
             lambda: baselines.train_heads_sequential(x, y, x_val, y_val, seeds, cfg), device)

@@ -44,13 +44,14 @@ def test_batched_heads_equal_heads_trained_one_by_one(patience):
     cfg = resolve_config({**SMALL_HEADS, "MLP_PATIENCE": patience})
     seeds = [0, 1, 2]
     x, y, x_val, y_val = head_data(3, 40)
-    best, best_epoch, heads = sm.train_mlp_heads(x, y, x_val, y_val, seeds, cfg)
+    best, best_epoch, best_mae, heads = sm.train_mlp_heads(x, y, x_val, y_val, seeds, cfg)
     batched = heads.shared(best, x_val)
     for h, seed in enumerate(seeds):
         model, epoch = sm.train_mlp(sm.new_head(seed, 6, cfg).double(), x[h], y[h], x_val, y_val[h], cfg, seed)
         assert epoch == int(best_epoch[h])
         with torch.no_grad():
             torch.testing.assert_close(batched[h], model(x_val), rtol=1e-9, atol=1e-9)
+            assert float(best_mae[h]) == pytest.approx(float((model(x_val) - y_val[h]).abs().mean()), rel=1e-9)
     assert len(set(best_epoch.tolist())) > 1  # heads stopped at different epochs
 
 
