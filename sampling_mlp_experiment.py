@@ -54,7 +54,9 @@ def parse_args(argv=None):
     parser.add_argument("--mlp-layers", type=int, help="override MLP_LAYERS")
     parser.add_argument("--mlp-lr", type=float, help="override MLP_LR")
     parser.add_argument("--mlp-epochs", type=int, help="override MLP_EPOCHS")
-    parser.add_argument("--reference", type=Path, help="summary.csv of another run, drawn dashed in the curves")
+    parser.add_argument("--reference", nargs="+", metavar="[LABEL=]SUMMARY",
+                        help="summary.csv of other runs (another latent, a classical model), drawn dashed in the "
+                             "curves; LABEL names each in the legend, by default its folder's name")
     chooser = parser.add_argument_group("selection only (no heads)")
     chooser.add_argument("--select", metavar="STRATEGY", help=f"only pick molecules to label, with one of {STRATEGIES}")
     chooser.add_argument("--budget", type=int, help="how many molecules --select picks")
@@ -141,11 +143,22 @@ def check_plan(cfg, pool_size):
     return sorted(set(cfg.SAMPLING_NS))
 
 
+def load_references(specs):
+    """{label: load_reference(path)} of each `[LABEL=]PATH` of --reference, in the order given."""
+    references = {}
+    for spec in specs or []:
+        label, separator, path = spec.partition("=")
+        if not separator or "/" in label:  # a plain path, which may itself hold an "="
+            label, path = Path(spec).parent.name or spec, spec
+        if label in references:
+            raise InputError(f"--reference {spec}: the label {label!r} is taken; name each reference LABEL=PATH")
+        references[label] = load_reference(Path(path))
+    return references
+
+
 def load_reference(path):
     """Mean curves of another run's summary.csv, {(head, strategy): (ns, mae means, p95 means or None)};
     a summary without a head column (older runs) holds MLP heads."""
-    if path is None:
-        return {}
     try:
         summary = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as err:
@@ -510,12 +523,20 @@ def curve_panels(results, ns, metric):
             for head, by_head in results.groupby("head", sort=False)}
 
 
-def reference_panels(reference, heads, column):
-    """The reference run's curves of `column` (1: MAE, 2: p95) as save_learning_curves references."""
-    return {HEAD_TITLES[head]: {CURVE_LABELS.get(strategy, strategy): (curve[0], curve[column])
-                                for (ref_head, strategy), curve in reference.items()
-                                if ref_head == head and curve[column] is not None}
-            for head in heads}
+def reference_panels(references, heads, column):
+    """The reference runs' curves of `column` (1: MAE, 2: p95) as save_learning_curves references
+    {head title: {(reference label, strategy label): (ns, means)}}. A curve of one of this package's
+    heads goes to that head's panel, if the run has it; one of another model (a classical reference)
+    goes to every panel."""
+    panels = {HEAD_TITLES[head]: {} for head in heads}
+    for label, reference in references.items():
+        for (ref_head, strategy), curve in reference.items():
+            own_head = ref_head in FIT_HEADS
+            for head in ([ref_head] if ref_head in heads else []) if own_head else heads:
+                if curve[column] is not None:
+                    name = label if own_head else f"{label} ({ref_head})"
+                    panels[HEAD_TITLES[head]][name, CURVE_LABELS.get(strategy, strategy)] = (curve[0], curve[column])
+    return panels
 
 
 def label_budgets(ns):
@@ -663,12 +684,12 @@ def main(argv=None):
             run_selection(args, cfg, arrays, labelled, out_dir, device, logger)
         return
     ns = check_plan(cfg, len(arrays["idx_train"]))
-    reference = load_reference(args.reference)
+    reference = load_references(args.reference)
     device = get_device(args.device)
     out_dir = args.out_dir or default_run_dir(cfg, "sampling")
     with run_folder(out_dir):
         logger = start_run(cfg, out_dir, "sampling", "sampling.log", latents=str(args.latents),
-                           reference=str(args.reference) if args.reference else None)
+                           reference=args.reference)
         run_experiment(cfg, arrays, ns, out_dir, device, logger, reference)
 
 

@@ -172,13 +172,16 @@ def _save_figure(fig, out_png):
 def save_learning_curves(xs, panels, out_png, ylabel="test MAE (eV)", hline=None, references=None):
     """Log-log learning curves, one panel per title of `panels` {title: {label: ys (runs, len(xs))}}:
     the mean over runs and a geometric +-1 std band (mean times/divided by exp(std of log y)), which
-    stays positive. `references` {title: {label: (xs, means)}} adds dashed curves of another run in
-    the colour of the same label; `hline` = (value, label) a horizontal line in every panel."""
+    stays positive. `references` {title: {(source, label): (xs, means)}} adds the curves of other
+    runs, in the colour of the same label and one dashed style per source; `hline` = (value, label)
+    a horizontal line in every panel."""
     plt = _pyplot()
     import matplotlib.ticker
 
     labels = list(dict.fromkeys(label for curves in panels.values() for label in curves))
     colours = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(labels)))
+    sources = list(dict.fromkeys(source for curves in (references or {}).values() for source, _ in curves))
+    styles = dict(zip(sources, ["--", "-.", ":", (0, (5, 1, 1, 1))] * len(sources)))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels.items()):
         for label, ys in curves.items():
@@ -187,9 +190,9 @@ def save_learning_curves(xs, panels, out_png, ylabel="test MAE (eV)", hline=None
             spread = np.exp(np.log(ys).std(axis=0))
             ax.plot(xs, mean, marker="o", color=colours[label], label=f"{label} (mean of {len(ys)})")
             ax.fill_between(xs, mean / spread, mean * spread, color=colours[label], alpha=0.15)
-        for label, (ref_xs, ref_means) in (references or {}).get(title, {}).items():
-            ax.plot(ref_xs, ref_means, linestyle="--", marker="x", color=colours.get(label, "black"),
-                    label=f"{label}, reference run")
+        for (source, label), (ref_xs, ref_means) in (references or {}).get(title, {}).items():
+            ax.plot(ref_xs, ref_means, linestyle=styles[source], marker="x", color=colours.get(label, "black"),
+                    label=f"{label}, {source}")
         if hline is not None:
             ax.axhline(hline[0], color="gray", linestyle=":", label=hline[1])
         ax.set_xscale("log")

@@ -216,11 +216,19 @@ def test_reference_curves_come_from_another_runs_summary(experiment, tmp_path):
     older = tmp_path / "old_summary.csv"  # a run from before heads had names: MLP heads, no p95
     summary.drop(columns=["head", "p95_abs_error_mean"]).head(3).to_csv(older, index=False)
     assert list(sm.load_reference(older)) == [("mlp", "herding")]
-    panels = sm.reference_panels(sm.load_reference(older), ["mlp", "krr"], 2)
+    panels = sm.reference_panels({"old": sm.load_reference(older)}, ["mlp", "krr"], 2)
     assert panels == {sm.HEAD_TITLES["mlp"]: {}, sm.HEAD_TITLES["krr"]: {}}
+    classical = tmp_path / "classical" / "summary.csv"  # another model's curve: drawn in every panel
+    classical.parent.mkdir()
+    summary.assign(head="fchl19_krr").head(2).to_csv(classical, index=False)
+    references = sm.load_references([str(experiment / "summary.csv"), f"kernel={classical}"])
+    assert list(references) == [experiment.name, "kernel"]
+    panels = sm.reference_panels(references, ["krr"], 1)
+    assert set(panels[sm.HEAD_TITLES["krr"]]) == {*((experiment.name, sm.CURVE_LABELS[s]) for s in STRATEGIES),
+                                                  ("kernel (fchl19_krr)", sm.CURVE_LABELS["herding"])}
     sm.main(["--latents", str(write_latents(tmp_path / "latents.npz")), "--out-dir", str(tmp_path / "out"), "--ns",
              "10", "20", "--seeds", "0", "1", "--strategies", "random", "herding", "--heads", "krr", "--reference",
-             str(experiment / "summary.csv")])
+             str(experiment / "summary.csv"), f"kernel={classical}"])
     assert (tmp_path / "out" / "curve_mae.png").exists()
 
 

@@ -62,7 +62,7 @@ def test_set_seed_repeats_every_generator():
 def test_plots_write_one_png_each(tmp_path):
     ys = {"a": [[1.0, 0.5, 0.3], [1.2, 0.6, 0.2]], "b": [[0.9, 0.4, 0.25]]}
     utils.save_learning_curves([10, 20, 50], {"mlp": ys, "krr": ys}, tmp_path / "curve.png", hline=(1.1, "mean"),
-                               references={"mlp": {"a": ([10, 50], [1.1, 0.35])}})
+                               references={"mlp": {("older run", "a"): ([10, 50], [1.1, 0.35])}})
     rng = np.random.default_rng(0)
     pair = (rng.normal(size=50), rng.normal(size=50))
     utils.save_parity({"mlp": {"a": pair, "b": pair}, "krr": {"a": pair}}, tmp_path / "parity.png")
