@@ -87,7 +87,7 @@ def cache_rows(cache, qm9_index):
     position = order[np.searchsorted(cache["index"], qm9_index, sorter=order).clip(max=len(order) - 1)]
     missing = cache["index"][position] != qm9_index
     if missing.any():
-        raise InputError(f"{int(missing.sum())} molecules of the npz are not in the QM9 cache, e.g. QM9 Index "
+        raise InputError(f"the QM9 cache lacks {int(missing.sum())} molecules of the npz, e.g. QM9 Index "
                          f"{qm9_index[missing][:5].tolist()}; was the npz made from another dataset?")
     return position
 
