@@ -40,7 +40,7 @@ ANGLE_HIST_RANGE = (50.0, 180.0)  # degrees: three-membered rings (about 60) to 
 ANGLE_HIST_BINS = 27  # bins per element triplet (5 degree spacing)
 DENOISE_WEIGHT = 0.0  # loss weight of coordinate denoising: predict each atom's position noise; 0 turns it off
 DENOISE_SIGMA = 0.04  # Angstrom: standard deviation of the Gaussian noise added to every coordinate
-LATENT_READOUT = "last"  # "last": the last layer's scalars; "all": invariants of every layer (scalars, vector norms)
+LATENT_READOUT = "all"  # "all": invariants of every layer (scalars, vector norms); "last": the last layer's scalars
 
 # --- encoder training --------------------------------------------------------------
 ENC_LR = 1e-3  # Adam learning rate

@@ -15,7 +15,7 @@ from utils import default_config, resolve_config
 
 ENCODER_MODEL = {"ATOM_TYPES": ("H", "C", "N", "O", "F", "S"), "ENC_HIDDEN_IRREPS": "8x0e + 8x1o",
                  "ENC_NUM_LAYERS": 2, "CUTOFF": 3.0, "NUM_RADIAL_BASIS": 4, "RADIAL_HIDDEN_DIM": 16, "LATENT_DIM": 32,
-                 "LATENT_READOUT": "all"}
+                 "LATENT_READOUT": "last"}
 DESCRIPTORS = {"DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "pair_hist": 1.0}, "DIST_HIST_RANGE": (1.0, 4.0),
                "DIST_HIST_BINS": 20, "PAIR_HIST_RANGE": (1.0, 2.5), "PAIR_HIST_BINS": 12}
 ANGLES_ON = {"DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "angle_hist": 1.0}}
