@@ -40,3 +40,11 @@ def test_kmeans_bench_compares_objectives_on_the_same_pool(tmp_path):
                                (name, k)]) for name in ("torch", "sklearn")}
         assert abs(mean["torch"] / mean["sklearn"] - 1) < 0.1, mean
     assert json.loads((tmp_path / "kmeans.json").read_text())["grid"] == report["grid"]
+
+
+def test_objectives_bench_times_every_variant(qm9_root):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_objectives
+
+    rates = bench_objectives.main(["--molecules", "40", "--repeats", "1", "--data-root", str(qm9_root)])
+    assert list(rates) == list(bench_objectives.VARIANTS) and all(rate > 0 for rate in rates.values())
