@@ -208,10 +208,19 @@ def read_labelled(path, arrays):
 
 # --- selection ---------------------------------------------------------------------
 
+def standardized_latents(z, pool_rows):
+    """Latents (M, d) standardized per column with pool statistics. A column's std is at least a tenth
+    of the root-mean-square column std: a column (nearly) constant in the pool, such as a rare bin
+    of the descriptor control, would otherwise put the few molecules that differ millions of std
+    away, where an MLP head's predictions run off to 1e20 eV."""
+    floor = 0.1 * z[pool_rows].std(dim=0).square().mean().sqrt()
+    return standardize(z, pool_rows, min_std=floor)[0]
+
+
 def selection_latents(arrays, cfg, device):
     """The pool latents (n, d) that every strategy measures, standardized per KCENTER_STANDARDIZE."""
     z_pool = torch.as_tensor(arrays["z_all"][arrays["idx_train"]], dtype=torch.float32, device=device)
-    return standardize(z_pool, slice(None))[0] if cfg.KCENTER_STANDARDIZE else z_pool
+    return standardized_latents(z_pool, slice(None)) if cfg.KCENTER_STANDARDIZE else z_pool
 
 
 def select_all(selector, plan, ns, pool_rows, out_dir, logger):
@@ -580,7 +589,7 @@ def experiment_inputs(arrays, cfg, device):
         val_rows = np.random.default_rng(cfg.SEED).choice(val_rows, cfg.MLP_VAL_SIZE, replace=False)
     z_all = torch.as_tensor(arrays["z_all"], dtype=torch.float32, device=device)
     y_all = torch.as_tensor(arrays["y_all"], dtype=torch.float32, device=device)
-    x_all = standardize(z_all, pool)[0]
+    x_all = standardized_latents(z_all, pool)
     splits = {"pool": pool, "val": torch.as_tensor(val_rows, device=device),
               "test": torch.as_tensor(arrays["idx_test"], device=device)}
     return {name: (x_all[rows], y_all[rows]) for name, rows in splits.items()}

@@ -374,3 +374,13 @@ def test_identical_labels_stop_the_run_before_training_and_without_csv(capsys, t
     message = expect_input_error(capsys, sm.main, ["--latents", str(latents), "--out-dir", str(out), *QUICK])
     assert "the 10 selected molecules all have the same label" in message
     assert not list(out.glob("*.csv")) and not list(out.glob("*.png"))
+
+
+def test_a_column_constant_in_the_pool_cannot_blow_up_the_inputs():
+    z = torch.randn(200, 4, generator=torch.Generator().manual_seed(0))
+    z[:, 3] = 1e-20  # a rare descriptor bin: empty in the pool ...
+    z[150, 3] = 36.0  # ... but not for one test molecule
+    x = sm.standardized_latents(z, torch.arange(100))
+    floor = 0.1 * z[:100].std(dim=0).square().mean().sqrt()
+    assert float(x[150, 3]) == pytest.approx(36.0 / float(floor), rel=1e-5)  # hundreds of std, not 1e23
+    torch.testing.assert_close(x[:, :3], sm.standardize(z, torch.arange(100))[0][:, :3])  # others as before
