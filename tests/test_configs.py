@@ -23,7 +23,7 @@ ANGLE_DESCRIPTORS = {"BOND_TOLERANCE": 1.01, "ANGLE_HIST_RANGE": (90.0, 150.0), 
 ENCODER_RUN = {"ENC_LR": 3e-3, "ENC_BATCH_SIZE": 8, "ENC_EPOCHS": 2, "SEED": 1, "TRAIN_VAL_TEST_SPLIT": (0.6, 0.2, 0.2),
                "MAX_STRUCTURES": 50, "DESCRIPTOR_WEIGHTS": {"atom_counts": 5.0, "distance_hist": 1.0, "pair_hist": 1.0},
                "DEC_HIDDEN_DIM": 64, "DENOISE_WEIGHT": 1.0}
-SAMPLING_RUN = {"MLP_HIDDEN_DIM": 48, "MLP_LAYERS": 1, "MLP_LR": 3e-3, "MLP_EPOCHS": 15, "MLP_BATCH_SIZE": 8,
+SAMPLING_RUN = {"MLP_HIDDEN_DIM": 48, "MLP_LAYERS": 1, "MLP_LR": 3e-3, "MLP_EPOCHS": 2, "MLP_BATCH_SIZE": 8,
                 "MLP_PATIENCE": 1, "SAMPLING_NS": [10, 20], "SAMPLING_SEEDS": [0, 2],
                 "SAMPLING_STRATEGIES": ["kcenter"], "KCENTER_STANDARDIZE": False, "HEAD": ["krr"],
                 "KRR_WIDTHS": [3.0], "KRR_RIDGES": [0.5]}
