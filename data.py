@@ -14,7 +14,7 @@ from ase.data import covalent_radii
 from torch_geometric.utils import scatter
 
 from models import ATOMIC_NUMBER, atomic_numbers, radius_graph, type_index_table
-from utils import InputError, atomic_path, load_npz, standardize
+from utils import InputError, atomic_path, load_npz, standardize, std_floor
 
 HARTREE_TO_EV = 27.211386246  # CODATA 2018, the factor PyG's QM9 uses
 QM9_CSV_FILES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
@@ -340,6 +340,6 @@ def standardize_targets(descriptors, fit_rows, sizes):
     shorter than any bond) would otherwise put rare molecules hundreds of std away and rule the loss.
     Returns (standardized, mean, std)."""
     column_std = descriptors[fit_rows].std(dim=0)
-    floors = [0.1 * group.square().mean().sqrt().expand(len(group))
+    floors = [std_floor(group).expand(len(group))
               for group in column_std.split(list(sizes.values()))]
     return standardize(descriptors, fit_rows, min_std=torch.cat(floors))

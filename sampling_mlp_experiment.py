@@ -30,7 +30,8 @@ import selection
 from models import ResidualMLP
 from utils import (InputError, add_run_arguments, atomic_path, default_run_dir, get_device,
                    load_npz, mae, overrides_from_args, r2, resolve_config, rmse, run_cli, run_folder,
-                   save_label_histograms, save_learning_curves, save_parity, standardize, start_run)
+                   save_label_histograms, save_learning_curves, save_parity, standardize, start_run,
+                   std_floor)
 
 STRATEGIES = list(selection.NESTED)
 HEADS = ("mlp", "krr")
@@ -213,8 +214,7 @@ def standardized_latents(z, pool_rows):
     of the root-mean-square column std: a column (nearly) constant in the pool, such as a rare bin
     of the descriptor control, would otherwise put the few molecules that differ millions of std
     away, where an MLP head's predictions run off to 1e20 eV."""
-    floor = 0.1 * z[pool_rows].std(dim=0).square().mean().sqrt()
-    return standardize(z, pool_rows, min_std=floor)[0]
+    return standardize(z, pool_rows, min_std=std_floor(z[pool_rows].std(dim=0)))[0]
 
 
 def selection_latents(arrays, cfg, device):

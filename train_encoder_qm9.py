@@ -120,7 +120,11 @@ def decoder_hparams(cfg, out_dim):
 
 def load_encoder(path, device="cpu"):
     """The encoder of a checkpoint, rebuilt from its saved hyperparameters, in eval mode."""
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    return encoder_from(torch.load(path, map_location=device, weights_only=True), device)
+
+
+def encoder_from(checkpoint, device):
+    """The encoder of a loaded encoder_struct.pt, in eval mode."""
     encoder = EquivGNNEncoder(**checkpoint["hparams"]).to(device)
     encoder.load_state_dict(checkpoint["state_dict"])
     return encoder.eval()
@@ -378,11 +382,11 @@ def export_latents(out_dir, structures, arrays, split, cfg, device, logger):
     if not (out_dir / BEST_ENCODER).is_file():
         raise InputError(f"{out_dir}: no best checkpoint; ENC_EPOCHS={cfg.ENC_EPOCHS} trained nothing")
     start = time.perf_counter()
-    best_epoch = torch.load(out_dir / BEST_ENCODER, map_location="cpu", weights_only=True)["epoch"]
-    latents = extract_latents(load_encoder(out_dir / BEST_ENCODER, device), structures, cfg.EVAL_BATCH_SIZE)
+    best = torch.load(out_dir / BEST_ENCODER, map_location=device, weights_only=True)
+    latents = extract_latents(encoder_from(best, device), structures, cfg.EVAL_BATCH_SIZE)
     seconds = time.perf_counter() - start
     logger.info("latents of %d molecules in %.1f s (%.0f mol/s)", len(latents), seconds, len(latents) / seconds)
-    source = f"encoder after epoch {best_epoch}" + (" (untrained)" if best_epoch == 0 else "")
+    source = f"encoder after epoch {best['epoch']}" + (" (untrained)" if best["epoch"] == 0 else "")
     write_latents(out_dir / LATENTS_NAME, latents, arrays["homo_ev"], split, arrays["index"], cfg, source)
     log_written(out_dir / LATENTS_NAME, source, arrays, logger)
 

@@ -100,6 +100,12 @@ def r2(y_true, y_pred):
     return float(1.0 - residual / total)
 
 
+def std_floor(column_std):
+    """A tenth of the root-mean-square of `column_std`: the least std a column may be divided by, so
+    that nearly empty columns do not put the few rows that differ hundreds of std or more away."""
+    return 0.1 * column_std.square().mean().sqrt()
+
+
 def standardize(values, fit_rows, min_std=0.0):
     """(values - mean) / std per column of a tensor, with statistics from `fit_rows`; std is raised
     to at least `min_std` (a number or one per column), and constant columns keep std 1.
