@@ -76,3 +76,9 @@ HERDING_SAMPLE = 10_000  # pool molecules whose kernel mean estimates the pool d
 HEAD = ["mlp", "krr"]  # mlp: the ResidualMLP above; krr: kernel ridge regression; a name or a list
 KRR_WIDTHS = [0.25, 0.5, 1.0, 2.0]  # Gaussian kernel widths tried, in median pairwise distances of the labels' latents
 KRR_RIDGES = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # ridge penalties tried; the pair with the lowest val MAE is kept
+
+# --- pretrained-potential latents (export_pretrained_latents.py) --------------------
+PRETRAINED_MODEL = "sevennet-0"  # "sevennet-0", "sevennet-l3i5" (sevenn) or "chgnet" (chgnet), frozen
+PRETRAINED_READOUT = "all"  # "all": invariant node features after every block, concatenated; "last": the last block
+PRETRAINED_BATCH_SIZE = 4  # molecules per forward pass: a CPU is fastest with batches that stay in its cache; a GPU wants ~1000
+PRETRAINED_CHUNK_SIZE = 8192  # molecules per file written while exporting; --resume keeps finished ones

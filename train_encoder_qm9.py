@@ -13,6 +13,7 @@ an equivariant vector head. HOMO energies are read only to be stored beside the 
 """
 import argparse
 import contextlib
+import json
 import math
 import time
 from pathlib import Path
@@ -274,14 +275,17 @@ def save_best(out_dir, encoder, decoder, enc_hparams, dec_hparams, target_stats,
                                         **common})
 
 
-def write_latents(path, latents, y, split, qm9_index, cfg, source):
+def write_latents(path, latents, y, split, qm9_index, cfg, source, model=None, **extra):
     """latents_qm9.npz: z_all (M, D) float32, y_all (M,) HOMO eV, the split, qm9_index, config, and
-    latent_source, what z_all is (the encoder of an epoch, or the descriptor targets)."""
+    latent_source, what z_all is (the encoder of an epoch, the descriptor targets, a pretrained
+    model). `model` describes a pretrained source in the config; `extra` arrays are stored as given."""
     idx_train, idx_val, idx_test = split
+    config = config_json(cfg) if model is None else json.dumps({**vars(cfg), "latent_model": model}, indent=2,
+                                                               sort_keys=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, z_all=latents.astype(np.float32), y_all=y.astype(np.float64), idx_train=idx_train,
                  idx_val=idx_val, idx_test=idx_test, qm9_index=qm9_index.astype(np.int64),
-                 config=np.array(config_json(cfg)), latent_source=np.array(source))
+                 config=np.array(config), latent_source=np.array(source), **extra)
 
 
 def prepare_data(cfg, device):
