@@ -80,7 +80,7 @@ def read_chunk(path, rows, dim):
     return chunk
 
 
-def embed_chunks(embedder, structures, cfg, out_dir):
+def embed_chunks(embedder, structures, cfg, out_dir, logger):
     """Embed every molecule chunk by chunk, skipping the chunks already on disk. Returns the number
     of molecules embedded now and the seconds it took."""
     chunks = torch.split(torch.arange(structures.num_molecules, device=structures.z.device), cfg.PRETRAINED_CHUNK_SIZE)
@@ -97,6 +97,8 @@ def embed_chunks(embedder, structures, cfg, out_dir):
             embedding, energy = (torch.cat(column).cpu().numpy() for column in zip(*parts))
             write_chunk(chunk_path(out_dir, k), embedding, energy)
             embedded += len(chunks[k])
+            logger.info("chunk %d of %d written; %d molecules in %.0f s so far", k + 1, len(chunks), embedded,
+                        time.perf_counter() - start)
     return embedded, time.perf_counter() - start
 
 
@@ -134,7 +136,7 @@ def main(argv=None):
         logger = start_run(cfg, out_dir, "pretrained", "export.log", info_name, latent_model=model,
                            torch_threads=torch.get_num_threads())
         logger.info("%d molecules on %s; %s", structures.num_molecules, device, json.dumps(model))
-        embedded, seconds = embed_chunks(embedder, structures, cfg, out_dir)
+        embedded, seconds = embed_chunks(embedder, structures, cfg, out_dir, logger)
         if embedded:
             logger.info("embedded %d molecules in %.1f s (%.1f mol/s, %d per batch, %d threads)", embedded, seconds,
                         embedded / seconds, cfg.PRETRAINED_BATCH_SIZE, torch.get_num_threads())

@@ -75,10 +75,14 @@ class SevenNetEmbedder:
         return {keys.ATOMIC_NUMBERS: z, keys.NODE_FEATURE: z, keys.POS: pos, keys.EDGE_IDX: edges,
                 keys.EDGE_VEC: pos[edges[1]] - pos[edges[0]], keys.BATCH: batch}
 
-    @torch.no_grad()
     def __call__(self, z, pos, batch, num_structures):
+        return self.embed_graph(self.graph(z, pos, batch), batch, num_structures)
+
+    @torch.no_grad()
+    def embed_graph(self, graph, batch, num_structures):
+        """Embedding and energy of a model input dict, however its edges were found."""
         keys = self.keys
-        graph = self.model._preprocess(self.graph(z, pos, batch))
+        graph = self.model._preprocess(graph)
         per_block = []
         for name, module in self.model._modules.items():
             if name == "force_output":  # forces need gradients; the energy is complete before this
@@ -90,9 +94,56 @@ class SevenNetEmbedder:
         return embedding.float(), graph[keys.PRED_TOTAL_ENERGY].double()
 
 
+class CHGNetEmbedder:
+    """CHGNet from the weights inside the chgnet wheel. CHGNet sees only distances and angles, so it
+    is invariant under every rotation and reflection. It takes periodic pymatgen structures: a
+    molecule sits alone in a cubic box wide enough that no atom sees an image of another within
+    the cutoff, so the box changes nothing (tested)."""
+
+    package = "chgnet"
+    box_margin = 1.0  # Angstrom beyond the cutoff between a molecule and its nearest image
+
+    def __init__(self, checkpoint_name, readout, device):
+        require(self.package)
+        from chgnet.model import CHGNet
+        self.model = CHGNet.load(model_name=checkpoint_name, use_device=str(device), verbose=False).eval()
+        self.checkpoint = f"CHGNet {checkpoint_name} (chgnet/pretrained inside the wheel)"
+        self.cutoff = float(self.model.graph_converter.atom_graph_cutoff)
+        self.elements = list(range(1, self.model.atom_embedding.embedding.num_embeddings + 1))
+        layers = list(self.model.atom_conv_layers)
+        self.readout_layers = layers if readout == "all" else layers[-1:]
+        self.dim = len(self.readout_layers) * self.model.atom_embedding.embedding.embedding_dim  # width kept by every layer
+
+    def boxed(self, z, pos):
+        """One molecule as a pymatgen Structure alone in its box."""
+        from pymatgen.core import Lattice, Structure
+        span = float((pos.max(0).values - pos.min(0).values).max())
+        side = span + self.cutoff + self.box_margin
+        return Structure(Lattice.cubic(side), z.tolist(), (pos - pos.min(0).values).numpy(),
+                         coords_are_cartesian=True)
+
+    @torch.no_grad()
+    def __call__(self, z, pos, batch, num_structures):
+        z, pos, batch = z.cpu(), pos.double().cpu(), batch.cpu()
+        counts = torch.bincount(batch, minlength=num_structures).tolist()
+        graphs = [self.model.graph_converter(self.boxed(*atoms)) for atoms in
+                  zip(torch.split(z, counts), torch.split(pos, counts))]
+        per_layer = []
+        hooks = [layer.register_forward_hook(lambda module, args, output: per_layer.append(output))
+                 for layer in self.readout_layers]
+        try:
+            energy_per_atom = self.model(graphs, task="e")["e"]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        embedding = mean_over_atoms(torch.cat(per_layer, dim=1), batch, num_structures)
+        return embedding.float(), energy_per_atom.double() * torch.as_tensor(counts, dtype=torch.float64)
+
+
 MODELS = {  # setting value -> (embedder class, the model's own name of its checkpoint)
     "sevennet-0": (SevenNetEmbedder, "7net-0"),
     "sevennet-l3i5": (SevenNetEmbedder, "7net-l3i5"),
+    "chgnet": (CHGNetEmbedder, "0.3.0"),
 }
 
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,3 +49,14 @@ def test_objectives_bench_times_every_variant(qm9_root):
 
     rates = bench_objectives.main(["--molecules", "40", "--repeats", "1", "--data-root", str(qm9_root)])
     assert list(rates) == list(bench_objectives.VARIANTS) and all(rate > 0 for rate in rates.values())
+
+
+def test_pretrained_bench_paths_agree(qm9_root):
+    pytest.importorskip("sevenn", reason="optional: pip install -r requirements-pretrained.txt")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_pretrained
+
+    rates, differences = bench_pretrained.main(["--molecules", "40", "--repeats", "1", "--batch-sizes", "4", "16",
+                                                "--data-root", str(qm9_root)])
+    assert len(rates) == 3 and all(rate > 0 for rate in rates.values())
+    assert max(differences.values()) < 1e-5, differences  # the same graphs, edge vectors rounded alike or not
