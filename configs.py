@@ -80,5 +80,7 @@ KRR_RIDGES = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # ridge penalties tried; the pair wi
 # --- pretrained-potential latents (export_pretrained_latents.py) --------------------
 PRETRAINED_MODEL = "sevennet-0"  # "sevennet-0", "sevennet-l3i5" (sevenn) or "chgnet" (chgnet), frozen
 PRETRAINED_READOUT = "all"  # "all": invariant node features after every block, concatenated; "last": the last block
+PRETRAINED_MIRROR_AVERAGE = False  # True: average each structure's embedding with its mirror image's (SevenNet has
+# no parity, so a mirror image moves its embedding by ~0.4% of its scale); exact E(3) invariance at twice the cost
 PRETRAINED_BATCH_SIZE = 4  # molecules per forward pass: a CPU is fastest with batches that stay in its cache; a GPU wants ~1000
 PRETRAINED_CHUNK_SIZE = 8192  # molecules per file written while exporting; --resume keeps finished ones

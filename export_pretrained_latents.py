@@ -128,7 +128,8 @@ def main(argv=None):
     arrays = encoder_script.load_structures(cfg)
     structures = data.Structures(arrays, cfg.ATOM_TYPES, device)
     split = train_val_test_split_indices(structures.num_molecules, cfg.TRAIN_VAL_TEST_SPLIT, cfg.SEED)
-    embedder = pretrained.load_embedder(cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT, device)
+    embedder = pretrained.load_embedder(cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT, device,
+                                        cfg.PRETRAINED_MIRROR_AVERAGE)
     pretrained.check_elements(arrays["z"], embedder.elements, cfg.PRETRAINED_MODEL)
     model = pretrained.describe(embedder, cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT)
     with run_folder(out_dir, resume=args.resume):

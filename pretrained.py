@@ -48,6 +48,7 @@ class SevenNetEmbedder:
     not exactly under reflections: a mirror image changes the embedding slightly (tested)."""
 
     package = "sevenn"
+    reflection_invariant = False
 
     def __init__(self, checkpoint_name, readout, device):
         require(self.package)
@@ -101,6 +102,7 @@ class CHGNetEmbedder:
     the cutoff, so the box changes nothing (tested)."""
 
     package = "chgnet"
+    reflection_invariant = True
     box_margin = 1.0  # Angstrom beyond the cutoff between a molecule and its nearest image
 
     def __init__(self, checkpoint_name, readout, device):
@@ -140,6 +142,22 @@ class CHGNetEmbedder:
         return embedding.float(), energy_per_atom.double() * torch.as_tensor(counts, dtype=torch.float64)
 
 
+class MirrorAveraged:
+    """An embedder made exactly invariant under reflections: the mean of its embeddings (and
+    energies) of each structure and of its mirror image, at twice the cost."""
+
+    def __init__(self, embedder):
+        self.embedder = embedder
+
+    def __getattr__(self, name):  # cutoff, elements, dim, package, checkpoint: the wrapped model's
+        return getattr(self.embedder, name)
+
+    def __call__(self, z, pos, batch, num_structures):
+        embedding, energy = self.embedder(z, pos, batch, num_structures)
+        mirrored, mirrored_energy = self.embedder(z, -pos, batch, num_structures)
+        return (embedding + mirrored) / 2, (energy + mirrored_energy) / 2
+
+
 MODELS = {  # setting value -> (embedder class, the model's own name of its checkpoint)
     "sevennet-0": (SevenNetEmbedder, "7net-0"),
     "sevennet-l3i5": (SevenNetEmbedder, "7net-l3i5"),
@@ -154,16 +172,21 @@ def check_model_settings(model_name, readout):
         raise InputError(f"PRETRAINED_READOUT={readout!r}: expected one of {list(READOUTS)}")
 
 
-def load_embedder(model_name, readout, device):
+def load_embedder(model_name, readout, device, mirror_average=False):
+    """The embedder of a model; with `mirror_average`, a model not invariant under reflections is
+    averaged over each structure and its mirror image."""
     check_model_settings(model_name, readout)
     embedder_class, checkpoint_name = MODELS[model_name]
-    return embedder_class(checkpoint_name, readout, device)
+    embedder = embedder_class(checkpoint_name, readout, device)
+    return MirrorAveraged(embedder) if mirror_average and not embedder.reflection_invariant else embedder
 
 
 def describe(embedder, model_name, readout):
     """What made the latents, for the npz config and the log."""
+    mirror = " and of its mirror image, averaged" if isinstance(embedder, MirrorAveraged) else ""
     return {"model": model_name, "package": embedder.package,
             "package_version": importlib.metadata.version(embedder.package),
             "checkpoint": str(embedder.checkpoint), "readout": readout, "dim": embedder.dim,
             "embedding": ("mean over atoms of the invariant node features after "
-                          + ("every interaction block, concatenated" if readout == "all" else "the last block"))}
+                          + ("every interaction block, concatenated" if readout == "all" else "the last block")
+                          + mirror)}

@@ -113,6 +113,15 @@ def test_reflections_chgnet_invariant_sevennet_nearly(embedders, molecules, seed
     assert 1e-4 < largest_change(embedders["sevennet-0"], molecules, mirror, seed) < 1e-2
 
 
+def test_mirror_averaging_makes_sevennet_reflection_invariant(molecules):
+    averaged = pretrained.load_embedder("sevennet-0", "all", "cpu", mirror_average=True)
+    torch.manual_seed(0)
+    assert largest_change(averaged, molecules, -o3.rand_matrix(dtype=torch.float64), 0) < 1e-5
+    assert "mirror image" in pretrained.describe(averaged, "sevennet-0", "all")["embedding"]
+    assert not isinstance(pretrained.load_embedder("chgnet", "all", "cpu", mirror_average=True),
+                          pretrained.MirrorAveraged)  # already invariant: nothing to average
+
+
 def test_a_larger_box_changes_nothing_for_chgnet(embedders, molecules):
     before, energy_before = embedders["chgnet"](*molecules)
     wide = pretrained.load_embedder("chgnet", "all", "cpu")
