@@ -6,6 +6,7 @@ machine slows both alike. Checks that both give the same embedding; prints mol/s
     python benchmarks/bench_pretrained.py --molecules 512 --repeats 3
 """
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package modu
 
 import data  # noqa: E402
 import pretrained  # noqa: E402
-from utils import get_device, resolve_config, run_cli  # noqa: E402
+from utils import get_device, resolve_config, run_cli, run_metadata, write_text  # noqa: E402
 
 PLAIN_BATCH = 32
 
@@ -29,6 +30,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 32], help="the package path's batches")
     parser.add_argument("--data-root", help="override DATA_ROOT (where the QM9 cache lives)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if present)")
+    parser.add_argument("--out", type=Path, help="also write the rates and differences here (JSON)")
     return parser.parse_args(argv)
 
 
@@ -84,6 +86,12 @@ def main(argv=None):
     for name, rate in rates.items():
         differences[name] = float((embeddings[name].cpu() - embeddings[plain].cpu()).abs().max()) / scale
         print(f"{name:<34} {rate:8.1f} {rate / rates[plain]:9.2f} {differences[name]:9.1e}")
+    if args.out:
+        write_text(args.out, json.dumps({"run": {**run_metadata(), "device": str(device), "threads":
+                                                 torch.get_num_threads(), "molecules": args.molecules,
+                                                 "repeats": args.repeats},
+                                         "mol_per_s": rates, "seconds": seconds,
+                                         "max_relative_difference": differences}, indent=2))
     return rates, differences
 
 

@@ -51,12 +51,13 @@ def test_objectives_bench_times_every_variant(qm9_root):
     assert list(rates) == list(bench_objectives.VARIANTS) and all(rate > 0 for rate in rates.values())
 
 
-def test_pretrained_bench_paths_agree(qm9_root):
+def test_pretrained_bench_paths_agree(qm9_root, tmp_path):
     pytest.importorskip("sevenn", reason="optional: pip install -r requirements-pretrained.txt")
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench_pretrained
 
     rates, differences = bench_pretrained.main(["--molecules", "40", "--repeats", "1", "--batch-sizes", "4", "16",
-                                                "--data-root", str(qm9_root)])
+                                                "--data-root", str(qm9_root), "--out", str(tmp_path / "bench.json")])
+    assert json.loads((tmp_path / "bench.json").read_text())["mol_per_s"] == rates
     assert len(rates) == 3 and all(rate > 0 for rate in rates.values())
     assert max(differences.values()) < 1e-5, differences  # the same graphs, edge vectors rounded alike or not
