@@ -138,8 +138,10 @@ class CHGNetEmbedder:
         finally:
             for hook in hooks:
                 hook.remove()
-        embedding = mean_over_atoms(torch.cat(per_layer, dim=1), batch, num_structures)
-        return embedding.float(), energy_per_atom.double() * torch.as_tensor(counts, dtype=torch.float64)
+        features = torch.cat(per_layer, dim=1)  # on the model's device
+        embedding = mean_over_atoms(features, batch.to(features.device), num_structures)
+        atoms = torch.as_tensor(counts, dtype=torch.float64, device=features.device)
+        return embedding.float(), energy_per_atom.double() * atoms
 
 
 class MirrorAveraged:
