@@ -125,6 +125,9 @@ def main(argv=None):
     out_dir = args.out_dir or default_run_dir(cfg, "pretrained")
     if not args.resume:
         check_new_run_dir(out_dir)
+    elif (out_dir / encoder_script.LATENTS_NAME).is_file():
+        raise InputError(f"{out_dir}: this export has finished ({encoder_script.LATENTS_NAME} is written); "
+                         "nothing to resume")
     arrays = encoder_script.load_structures(cfg)
     structures = data.Structures(arrays, cfg.ATOM_TYPES, device)
     split = train_val_test_split_indices(structures.num_molecules, cfg.TRAIN_VAL_TEST_SPLIT, cfg.SEED)

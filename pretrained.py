@@ -37,8 +37,9 @@ def check_elements(z, covered, model_name):
     """Every atomic number of `z` must be one the model was trained on."""
     missing = sorted(set(np.unique(np.asarray(z)).tolist()) - set(covered))
     if missing:
+        gaps = ", with gaps" if len(covered) < max(covered) - min(covered) + 1 else ""
         raise InputError(f"{model_name} does not cover atomic number(s) {missing}; it knows {len(covered)} "
-                         f"elements ({min(covered)}..{max(covered)}, with gaps)")
+                         f"elements ({min(covered)}..{max(covered)}{gaps})")
 
 
 class SevenNetEmbedder:

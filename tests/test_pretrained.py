@@ -144,6 +144,9 @@ def test_readout_last_is_the_tail_of_all(embedders, molecules, name, blocks):
 def test_an_element_the_model_lacks_is_named(embedders):
     with pytest.raises(InputError, match=r"sevennet-0 does not cover atomic number\(s\) \[86\]"):
         pretrained.check_elements(np.array([1, 6, 86]), embedders["sevennet-0"].elements, "sevennet-0")
+    with pytest.raises(InputError, match=r"chgnet does not cover atomic number\(s\) \[95, 118\]; it knows 94 "
+                                         r"elements \(1\.\.94\)$"):
+        pretrained.check_elements(np.array([118, 1, 95]), embedders["chgnet"].elements, "chgnet")
 
 
 def test_a_missing_package_names_what_to_install(monkeypatch):
@@ -227,9 +230,11 @@ def test_batch_and_chunk_sizes_set_the_passes_and_the_files(qm9_arrays, tmp_path
     assert sorted(p.name for p in (tmp_path / export.CHUNK_DIR).iterdir()) == [f"chunk_0000{k}.npz" for k in range(3)]
 
 
-def test_resume_takes_no_new_settings(capsys, exported):
+def test_resume_takes_no_new_settings_and_no_finished_export(capsys, exported):
     message = expect_input_error(capsys, export.main, ["--out-dir", str(exported), "--resume", "--batch-size", "8"])
     assert "takes no settings" in message
+    message = expect_input_error(capsys, export.main, ["--out-dir", str(exported), "--resume"])
+    assert "this export has finished (latents_qm9.npz is written); nothing to resume" in message
 
 
 def test_a_damaged_chunk_is_named(tmp_path):
