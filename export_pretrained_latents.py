@@ -23,8 +23,8 @@ import data
 import pretrained
 import train_encoder_qm9 as encoder_script
 from utils import (InputError, add_run_arguments, atomic_path, check_new_run_dir, check_split_ratios,
-                   config_from_json, default_run_dir, get_device, load_npz, overrides_from_args, resolve_config,
-                   run_cli, run_folder, start_run, train_val_test_split_indices)
+                   default_run_dir, get_device, load_npz, overrides_from_args, resolve_config, run_cli, run_folder,
+                   run_info_name, saved_config, start_run, train_val_test_split_indices)
 
 CHUNK_DIR = "chunks"
 
@@ -51,15 +51,17 @@ def config_from_args(args):
         raise InputError("--resume needs --out-dir, the export folder to finish")
     if overrides:
         raise InputError(f"--resume finishes the saved config; it takes no settings, got {sorted(overrides)}")
-    saved = args.out_dir / "config.json"
-    if not saved.is_file():
-        raise InputError(f"{saved}: not found; --resume needs a folder written by this script")
-    return config_from_json(saved.read_text(), saved)
+    return saved_config(args.out_dir)
 
 
 def check_config(cfg):
     pretrained.check_model_settings(cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT)
     check_split_ratios(cfg.TRAIN_VAL_TEST_SPLIT)
+
+
+def chunk_rows(num_molecules, cfg, device=None):
+    """The molecule rows of each chunk, in order."""
+    return torch.split(torch.arange(num_molecules, device=device), cfg.PRETRAINED_CHUNK_SIZE)
 
 
 def chunk_path(out_dir, index):
@@ -83,7 +85,7 @@ def read_chunk(path, rows, dim):
 def embed_chunks(embedder, structures, cfg, out_dir, logger):
     """Embed every molecule chunk by chunk, skipping the chunks already on disk. Returns the number
     of molecules embedded now and the seconds it took."""
-    chunks = torch.split(torch.arange(structures.num_molecules, device=structures.z.device), cfg.PRETRAINED_CHUNK_SIZE)
+    chunks = chunk_rows(structures.num_molecules, cfg, structures.z.device)
     todo = [k for k in range(len(chunks)) if not chunk_path(out_dir, k).is_file()]
     (out_dir / CHUNK_DIR).mkdir(exist_ok=True)
     embedded, start = 0, time.perf_counter()
@@ -104,8 +106,8 @@ def embed_chunks(embedder, structures, cfg, out_dir, logger):
 
 def collect_chunks(out_dir, num_molecules, cfg, dim):
     """Every chunk's embedding and energy, concatenated in molecule order."""
-    sizes = [len(rows) for rows in torch.split(torch.arange(num_molecules), cfg.PRETRAINED_CHUNK_SIZE)]
-    chunks = [read_chunk(chunk_path(out_dir, k), size, dim) for k, size in enumerate(sizes)]
+    chunks = [read_chunk(chunk_path(out_dir, k), len(rows), dim)
+              for k, rows in enumerate(chunk_rows(num_molecules, cfg))]
     return (np.concatenate([chunk[key] for chunk in chunks]) for key in ("embedding", "energy"))
 
 
@@ -136,9 +138,8 @@ def main(argv=None):
     pretrained.check_elements(arrays["z"], embedder.elements, cfg.PRETRAINED_MODEL)
     model = pretrained.describe(embedder, cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT)
     with run_folder(out_dir, resume=args.resume):
-        info_name = f"run_info_resume_{time.strftime('%Y%m%d-%H%M%S')}.json" if args.resume else "run_info.json"
-        logger = start_run(cfg, out_dir, "pretrained", "export.log", info_name, latent_model=model,
-                           torch_threads=torch.get_num_threads())
+        logger = start_run(cfg, out_dir, "pretrained", "export.log", run_info_name(args.resume),
+                           latent_model=model, torch_threads=torch.get_num_threads())
         logger.info("%d molecules on %s; %s", structures.num_molecules, device, json.dumps(model))
         embedded, seconds = embed_chunks(embedder, structures, cfg, out_dir, logger)
         if embedded:

@@ -13,7 +13,6 @@ an equivariant vector head. HOMO energies are read only to be stored beside the 
 """
 import argparse
 import contextlib
-import json
 import math
 import time
 from pathlib import Path
@@ -31,8 +30,8 @@ from distributed import Ranks
 from models import EquivDecoder, EquivGNNEncoder, VectorHead, radius_graph
 from utils import (InputError, add_run_arguments, atomic_path, check_new_run_dir, check_split_ratios,
                    config_from_json, config_json, default_run_dir, first_line, get_device, overrides_from_args,
-                   quiet_logger, resolve_config, run_cli, run_folder, save_torch, set_seed, start_run,
-                   train_val_test_split_indices)
+                   quiet_logger, resolve_config, run_cli, run_folder, run_info_name, save_torch, saved_config,
+                   set_seed, start_run, train_val_test_split_indices)
 
 LATENTS_NAME = "latents_qm9.npz"
 BEST_ENCODER, BEST_DECODER, LAST = "encoder_struct.pt", "decoder_struct.pt", "last.pt"
@@ -67,10 +66,7 @@ def config_from_args(args):
     changed = sorted(set(overrides) - {"ENC_EPOCHS"})
     if changed:
         raise InputError(f"--resume continues the saved config; only --epochs may change, not {changed}")
-    saved = args.out_dir / "config.json"
-    if not saved.is_file():
-        raise InputError(f"{saved}: not found; --resume needs a run folder written by this script")
-    return resolve_config(overrides, base=config_from_json(saved.read_text(), saved))
+    return resolve_config(overrides, base=saved_config(args.out_dir))
 
 
 def check_config(cfg):
@@ -280,8 +276,7 @@ def write_latents(path, latents, y, split, qm9_index, cfg, source, model=None, *
     latent_source, what z_all is (the encoder of an epoch, the descriptor targets, a pretrained
     model). `model` describes a pretrained source in the config; `extra` arrays are stored as given."""
     idx_train, idx_val, idx_test = split
-    config = config_json(cfg) if model is None else json.dumps({**vars(cfg), "latent_model": model}, indent=2,
-                                                               sort_keys=True)
+    config = config_json(cfg) if model is None else config_json(cfg, latent_model=model)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, z_all=latents.astype(np.float32), y_all=y.astype(np.float64), idx_train=idx_train,
                  idx_val=idx_val, idx_test=idx_test, qm9_index=qm9_index.astype(np.int64),
@@ -492,8 +487,8 @@ def main(argv=None):
             if checkpoint is not None:
                 avg_neighbors = checkpoint["encoder_hparams"]["avg_num_neighbors"]
             if ranks.is_main:
-                info_name = f"run_info_resume_{time.strftime('%Y%m%d-%H%M%S')}.json" if args.resume else "run_info.json"
-                logger = start_run(cfg, out_dir, "encoder", "train.log", info_name, processes=ranks.world)
+                logger = start_run(cfg, out_dir, "encoder", "train.log", run_info_name(args.resume),
+                                   processes=ranks.world)
                 log_data(prepared, device, logger)
             else:
                 logger = quiet_logger(f"encoder.rank{ranks.rank}")

@@ -377,8 +377,9 @@ def parse_set_args(pairs):
     return overrides
 
 
-def config_json(cfg):
-    return json.dumps(vars(cfg), indent=2, sort_keys=True)
+def config_json(cfg, **extra):
+    """The settings (and `extra` keys, such as what made a latents file) as sorted, indented JSON."""
+    return json.dumps({**vars(cfg), **extra}, indent=2, sort_keys=True)
 
 
 # --- run folders and safe file output ----------------------------------------------
@@ -487,6 +488,19 @@ def run_folder(out_dir, resume=False):
         yield out_dir
     finally:
         os.close(handle)
+
+
+def saved_config(out_dir):
+    """The config a run saved in `out_dir`, for --resume."""
+    saved = Path(out_dir) / "config.json"
+    if not saved.is_file():
+        raise InputError(f"{saved}: not found; --resume needs a run folder written by this script")
+    return config_from_json(saved.read_text(), saved)
+
+
+def run_info_name(resume):
+    """run_info.json for a new run; a resumed run adds a file of its own, named by its start."""
+    return f"run_info_resume_{time.strftime('%Y%m%d-%H%M%S')}.json" if resume else "run_info.json"
 
 
 def start_run(cfg, out_dir, prefix, log_name, info_name="run_info.json", **info):
