@@ -115,7 +115,8 @@ class CHGNetEmbedder:
         self.elements = list(range(1, self.model.atom_embedding.embedding.num_embeddings + 1))
         layers = list(self.model.atom_conv_layers)
         self.readout_layers = layers if readout == "all" else layers[-1:]
-        self.dim = len(self.readout_layers) * self.model.atom_embedding.embedding.embedding_dim  # width kept by every layer
+        # every atom convolution keeps the embedding's width
+        self.dim = len(self.readout_layers) * self.model.atom_embedding.embedding.embedding_dim
 
     def boxed(self, z, pos):
         """One molecule as a pymatgen Structure alone in its box."""

@@ -59,7 +59,8 @@ def main(argv=None):
     args = parse_args(argv)
     device = get_device(args.device)
     torch.set_flush_denormal(True)  # as the export script does
-    cfg = resolve_config({"MAX_STRUCTURES": args.molecules, **({"DATA_ROOT": args.data_root} if args.data_root else {})})
+    data_root = {"DATA_ROOT": args.data_root} if args.data_root else {}
+    cfg = resolve_config({"MAX_STRUCTURES": args.molecules, **data_root})
     arrays = data.seeded_subset(data.load_qm9(cfg.DATA_ROOT), cfg.MAX_STRUCTURES, cfg.SEED)
     structures = data.Structures(arrays, cfg.ATOM_TYPES, device)
     split = np.cumsum(arrays["n_atoms"])[:-1]

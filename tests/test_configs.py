@@ -31,8 +31,8 @@ SELECTION = {"KMEANS_ITERATIONS": 1, "TYPICLUST_K": 2, "TYPICLUST_MIN_CLUSTER_SI
              "HERDING_SAMPLE": 50}  # each changes the picks of the strategy that uses it
 PRETRAINED = {"PRETRAINED_MODEL", "PRETRAINED_READOUT", "PRETRAINED_MIRROR_AVERAGE", "PRETRAINED_BATCH_SIZE",
               "PRETRAINED_CHUNK_SIZE"}  # test_pretrained
-ELSEWHERE = PRETRAINED | {"DATA_ROOT", "OUTPUT_DIR", "EVAL_BATCH_SIZE", "ENC_LR_FACTOR", "ENC_LR_PATIENCE", "MLP_VAL_SIZE",
-             "ENC_COMPILE", "DIST_TIMEOUT_S", "DENOISE_SIGMA"}  # DIST_TIMEOUT_S: tests/test_distributed.py
+ELSEWHERE = PRETRAINED | {"DATA_ROOT", "OUTPUT_DIR", "EVAL_BATCH_SIZE", "ENC_LR_FACTOR", "ENC_LR_PATIENCE",
+                          "MLP_VAL_SIZE", "ENC_COMPILE", "DIST_TIMEOUT_S", "DENOISE_SIGMA"}  # DIST_TIMEOUT_S: tests/test_distributed.py
 
 
 def test_every_constant_has_a_behaviour_test():
