@@ -8,7 +8,7 @@ from scipy import stats
 from scipy.spatial.distance import cdist, pdist
 
 import sampling_mlp_experiment as sm
-from utils import InputError, resolve_config
+from utils import resolve_config
 
 
 def write_latents(path, n=600, dim=16, seed=0, **replace):
