@@ -12,8 +12,14 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 DATA_ROOT = str(_PACKAGE_DIR / "data")  # the parsed structure cache is written here once
 OUTPUT_DIR = str(_PACKAGE_DIR / "runs")  # every run writes one timestamped folder here
 
+# --- dataset -----------------------------------------------------------------------
+DATASET = "qm9"  # "qm9": 130,831 molecules (qm9pack); "coremof": CoRE MOF 2019-ASR crystals (core-mof), periodic
+TARGET = "homo"  # the property labelled: "homo" (eV) for qm9; a 2019-ASR.csv column for coremof (coremof.py
+# lists them: LCD, PLD, LFPD, cm3_g, ASA_m2_cm3, ASA_m2_g, AV_VF, AV_cm3_g, ...)
+
 # --- structures --------------------------------------------------------------------
-ATOM_TYPES = ("H", "C", "N", "O", "F")  # elements the encoder embeds; any other one is an input error
+ATOM_TYPES = None  # elements the encoder embeds; None: every element of the dataset; any other one is an input error
+MAX_STRUCTURE_ATOMS = 1000  # larger structures are left out (4.7% of CoRE MOF cells, none of QM9); see README
 MAX_STRUCTURES = None  # None uses every structure; an int takes a seeded subset, for quick runs
 TRAIN_VAL_TEST_SPLIT = (0.8, 0.1, 0.1)  # fractions of all structures, seeded, saved with the latents
 SEED = 0  # fixes the split, the subset, the initialisation and the batch order of the encoder
@@ -34,6 +40,8 @@ DIST_HIST_RANGE = (0.5, 6.0)  # first and last centre of the all-pairs distance 
 DIST_HIST_BINS = 48  # Gaussian-smeared bins of that histogram (width = bin spacing)
 PAIR_HIST_RANGE = (0.8, 3.2)  # element-pair histogram range: bonds and 1-3 neighbours
 PAIR_HIST_BINS = 24  # bins per element pair (0.1 Angstrom spacing tells bond orders apart)
+HIST_ELEMENTS = ("H", "C", "N", "O", "F")  # elements the pair and angle histograms resolve; the dataset's other
+# elements share one class "other" (all of CoRE MOF's 77 elements would make 3,003 pair histograms)
 # "angle_hist" in DESCRIPTOR_WEIGHTS adds bond-angle histograms per element triplet (H-C-H, C-C-O, ...)
 BOND_TOLERANCE = 1.15  # a bond: closer than this times the two covalent radii; QM9's distances have a gap here
 ANGLE_HIST_RANGE = (50.0, 180.0)  # degrees: three-membered rings (about 60) to linear triple bonds
@@ -50,6 +58,8 @@ ENC_LR_FACTOR = 0.5  # the learning rate is multiplied by this when validation l
 ENC_LR_PATIENCE = 5  # epochs without validation improvement before that happens
 ENC_COMPILE = False  # torch.compile each interaction layer: faster steps after a minute or so of compiling
 EVAL_BATCH_SIZE = 256  # molecules per no-grad batch (validation, latents, descriptors); a GPU wants thousands
+BATCH_MAX_ATOMS = 8192  # atoms per batch at most, training or not: a batch ends early rather than pass it (never
+# on QM9, 29 atoms at most); one structure larger than this is a batch of its own
 DIST_TIMEOUT_S = 600  # under torchrun: seconds a process waits for the others before the run fails
 
 # --- property head (ResidualMLP on latents) ---------------------------------------

@@ -55,6 +55,10 @@ def config_from_args(args):
 
 
 def check_config(cfg):
+    data.check_dataset_settings(cfg)
+    if cfg.DATASET != "qm9":
+        raise InputError(f"DATASET={cfg.DATASET!r}: this export embeds molecules; expected 'qm9' (the periodic path "
+                         "for crystals is not built)")
     pretrained.check_model_settings(cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT)
     check_split_ratios(cfg.TRAIN_VAL_TEST_SPLIT)
 
@@ -93,8 +97,9 @@ def embed_chunks(embedder, structures, cfg, out_dir, logger):
               unit="mol", desc="embedding", disable=None) as bar:
         for k in todo:
             parts = []
-            for rows in data.batches(chunks[k], cfg.PRETRAINED_BATCH_SIZE):
-                parts.append(embedder(*structures.gather(rows), len(rows)))
+            for rows in structures.batches(chunks[k], cfg.PRETRAINED_BATCH_SIZE, cfg.BATCH_MAX_ATOMS):
+                z, pos, batch, _ = structures.gather(rows)  # molecules: no cell
+                parts.append(embedder(z, pos, batch, len(rows)))
                 bar.update(len(rows))
             embedding, energy = (torch.cat(column).cpu().numpy() for column in zip(*parts))
             write_chunk(chunk_path(out_dir, k), embedding, energy)
@@ -127,10 +132,10 @@ def main(argv=None):
     out_dir = args.out_dir or default_run_dir(cfg, "pretrained")
     if not args.resume:
         check_new_run_dir(out_dir)
-    elif (out_dir / encoder_script.LATENTS_NAME).is_file():
-        raise InputError(f"{out_dir}: this export has finished ({encoder_script.LATENTS_NAME} is written); "
-                         "nothing to resume")
-    arrays = encoder_script.load_structures(cfg)
+    elif (out_dir / encoder_script.latents_name(cfg.DATASET)).is_file():
+        raise InputError(f"{out_dir}: this export has finished ({encoder_script.latents_name(cfg.DATASET)} is "
+                         "written); nothing to resume")
+    arrays, cfg, _ = encoder_script.load_structures(cfg)
     structures = data.Structures(arrays, cfg.ATOM_TYPES, device)
     split = train_val_test_split_indices(structures.num_molecules, cfg.TRAIN_VAL_TEST_SPLIT, cfg.SEED)
     embedder = pretrained.load_embedder(cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT, device,
@@ -147,11 +152,11 @@ def main(argv=None):
                         embedded / seconds, cfg.PRETRAINED_BATCH_SIZE, torch.get_num_threads())
         latents, energy = collect_chunks(out_dir, structures.num_molecules, cfg, embedder.dim)
         source = f"{cfg.PRETRAINED_MODEL} frozen embedding ({cfg.PRETRAINED_READOUT} readout, {embedder.dim} dims)"
-        encoder_script.write_latents(out_dir / encoder_script.LATENTS_NAME, latents, arrays["homo_ev"], split,
-                                     arrays["index"], cfg, source, model=model, model_energy_ev=energy)
+        path = out_dir / encoder_script.latents_name(cfg.DATASET)
+        encoder_script.write_latents(path, latents, arrays, split, cfg, source, model=model, model_energy_ev=energy)
         remove_chunks(out_dir)
-        logger.info("wrote %s (%s); model energy per atom %.3f eV on average", out_dir / encoder_script.LATENTS_NAME,
-                    source, energy.sum() / len(arrays["z"]))
+        logger.info("wrote %s (%s); model energy per atom %.3f eV on average", path, source,
+                    energy.sum() / len(arrays["z"]))
 
 
 if __name__ == "__main__":

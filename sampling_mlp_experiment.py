@@ -1,8 +1,9 @@
-"""Which molecules to label? Label-free selection strategies on the encoder latents against random choice.
+"""Which structures to label? Label-free selection strategies on the encoder latents against random choice.
 
-For every seed and strategy (selection.py), molecules are picked from the training pool of
-latents_qm9.npz at every budget N (nested strategies: the first N picks of one run to the largest N).
-Their HOMO labels (eV) fit fresh heads: a ResidualMLP, early-stopped on the validation split, and
+For every seed and strategy (selection.py), structures are picked from the training pool of a latents
+file (latents_qm9.npz, latents_coremof.npz) at every budget N (nested strategies: the first N picks
+of one run to the largest N). Their labels (the property the npz names, HOMO in eV for QM9) fit
+fresh heads: a ResidualMLP, early-stopped on the validation split, and
 kernel ridge regression, whose kernel width and ridge are chosen on the same validation molecules.
 Both are scored on the test split. All MLP heads of one N train together (vmap over stacked
 parameters), each exactly as it would alone. Outputs: per-strategy and combined CSVs, summary.csv
@@ -10,8 +11,8 @@ with paired, Holm-adjusted statistics per head, learning curves, parity and sele
 
     python sampling_mlp_experiment.py --latents runs/quick/latents_qm9.npz --out-dir runs/quick/sampling
 
-With --select, it trains nothing: it picks --budget molecules to label next with one strategy, after
-the molecules of --labelled (QM9 Index values), and writes to_label.csv.
+With --select, it trains nothing: it picks --budget structures to label next with one strategy, after
+the structures of --labelled (the dataset's structure index values), and writes to_label.csv.
 
     python sampling_mlp_experiment.py --latents runs/quick/latents_qm9.npz --select typiclust --budget 100
 """
@@ -46,7 +47,8 @@ METRICS = ("mae", "rmse", "r2", "p95_abs_error", "max_abs_error", "val_mae")  # 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--latents", type=Path, required=True, help="latents_qm9.npz from train_encoder_qm9.py")
+    parser.add_argument("--latents", type=Path, required=True,
+                        help="latents_<dataset>.npz from train_encoder_qm9.py or export_pretrained_latents.py")
     parser.add_argument("--strategies", nargs="+", help=f"override SAMPLING_STRATEGIES, from {STRATEGIES}")
     parser.add_argument("--heads", nargs="+", help=f"override HEAD, from {list(HEADS)}")
     parser.add_argument("--seeds", nargs="+", type=int, help="override SAMPLING_SEEDS")
@@ -62,8 +64,8 @@ def parse_args(argv=None):
     chooser.add_argument("--select", metavar="STRATEGY", help=f"only pick molecules to label, with one of {STRATEGIES}")
     chooser.add_argument("--budget", type=int, help="how many molecules --select picks")
     chooser.add_argument("--labelled", type=Path,
-                         help="molecules labelled already: a text file of QM9 Index values, one a line, or a CSV "
-                              "with a qm9_index column (such as an earlier to_label.csv)")
+                         help="structures labelled already: a text file of structure index values (QM9 Index), "
+                              "one a line, or a CSV with a structure_index column (such as an earlier to_label.csv)")
     chooser.add_argument("--seed", type=int, default=0, help="seed of the --select strategy (default 0)")
     add_run_arguments(parser)
     return parser.parse_args(argv)
@@ -78,9 +80,18 @@ def config_from_args(args):
 
 # --- input validation --------------------------------------------------------------
 
+LEGACY_QM9 = {"dataset": "qm9", "target_name": "homo", "target_unit": "eV"}  # files from before the npz named them
+
+
 def load_latents(path):
-    """The arrays of latents_qm9.npz, checked: keys, shapes, dtypes, finite values, disjoint in-range splits."""
+    """The arrays of a latents file, checked: keys, shapes, dtypes, finite values, disjoint in-range
+    splits. Files from before the npz named its property and dataset hold QM9 HOMO energies in eV
+    and call structure_index qm9_index; they are read as such."""
     arrays = load_npz(path, "latents file")
+    if "qm9_index" in arrays:
+        arrays = {**LEGACY_QM9, "structure_index": arrays.pop("qm9_index"), **arrays}
+    for key, legacy in LEGACY_QM9.items():
+        arrays[key] = str(arrays.get(key, legacy))
     missing = [key for key in REQUIRED_KEYS if key not in arrays]
     if missing:
         raise InputError(f"{path}: missing keys {missing}; expected {list(REQUIRED_KEYS)}")
@@ -177,32 +188,33 @@ def load_reference(path):
 
 
 def read_labelled(path, arrays):
-    """Pool rows (positions in idx_train) of the QM9 Index values in `path`, checked: every value a
-    molecule of the pool (arrays has qm9_index), none twice."""
+    """Pool rows (positions in idx_train) of the structure index values in `path`, checked: every
+    value a structure of the pool (arrays has structure_index), none twice."""
     try:
         lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: labelled-molecules file not readable ({err})") from None
     if lines and not lines[0].lstrip("-").isdigit():  # a CSV with a header
         header = lines[0].split(",")
-        if "qm9_index" not in header:
-            raise InputError(f"{path}: expected a qm9_index column or one QM9 Index value a line")
-        column = header.index("qm9_index")
+        names = [name for name in ("structure_index", "qm9_index") if name in header]  # to_label.csv, then older
+        if not names:
+            raise InputError(f"{path}: expected a structure_index column or one structure index value a line")
+        column = header.index(names[0])
         lines = [line.split(",")[column] for line in lines[1:]]
     try:
         wanted = np.array([int(value) for value in lines], dtype=np.int64)
     except ValueError as err:
-        raise InputError(f"{path}: not a QM9 Index value ({err})") from None
+        raise InputError(f"{path}: not a structure index value ({err})") from None
     values, counts = np.unique(wanted, return_counts=True)
     if (counts > 1).any():
-        raise InputError(f"{path}: QM9 Index values listed twice: {values[counts > 1][:5].tolist()}")
-    pool_index = arrays["qm9_index"][arrays["idx_train"]]
+        raise InputError(f"{path}: structure index values listed twice: {values[counts > 1][:5].tolist()}")
+    pool_index = arrays["structure_index"][arrays["idx_train"]]
     position = {int(index): row for row, index in enumerate(pool_index)}
     unknown = [int(v) for v in wanted if int(v) not in position]
     if unknown:
-        known = set(arrays["qm9_index"].tolist())
+        known = set(arrays["structure_index"].tolist())
         outside = [v for v in unknown if v in known]
-        raise InputError(f"{path}: {len(unknown)} QM9 Index values are not in the training pool of the npz "
+        raise InputError(f"{path}: {len(unknown)} structure index values are not in the training pool of the npz "
                          f"({len(outside)} of them in its validation or test split), e.g. {unknown[:5]}")
     return np.array([position[int(v)] for v in wanted], dtype=np.int64)
 
@@ -391,7 +403,7 @@ def krr_predict(model, x):
 
 
 def regression_metrics(y_true, y_pred):
-    """Test metrics in eV of one head: the bulk (MAE, RMSE, R2) and the tail (95th percentile and
+    """Test metrics in label units of one head: the bulk (MAE, RMSE, R2) and the tail (95th percentile and
     maximum of the absolute error)."""
     error = np.abs(np.asarray(y_true, dtype=np.float64) - np.asarray(y_pred, dtype=np.float64))
     return {"mae": mae(y_true, y_pred), "rmse": rmse(y_true, y_pred), "r2": r2(y_true, y_pred),
@@ -402,7 +414,7 @@ def regression_metrics(y_true, y_pred):
 
 def budget_inputs(chosen, inputs):
     """Head inputs for the chosen pool rows (H, N): x (H, N, d), and y (H, N) and y_val (H, V)
-    standardized per head by its own labels, with that (mean, std), each (H, 1), to map back to eV."""
+    standardized per head by its own labels, with that (mean, std), each (H, 1), to map back to label units."""
     x_pool, y_pool = inputs["pool"]
     y_chosen = y_pool[chosen]
     mean, std = y_chosen.mean(dim=1, keepdim=True), y_chosen.std(dim=1, keepdim=True)
@@ -434,13 +446,13 @@ FIT_HEADS = {"mlp": fit_mlp_heads, "krr": fit_krr_heads}
 
 def fit_budget(head, n_labels, plan, selections, inputs, cfg, logger):
     """Train and test every (strategy, seed) head of one kind at budget n_labels; one result row each,
-    and the test predictions in eV (H, T) as numpy."""
+    and the test predictions in label units (H, T) as numpy."""
     chosen = torch.stack([selections[strategy, seed, n_labels] for strategy, seed in plan])  # (H, N) pool rows
     x, y, y_val, (y_mean, y_std) = budget_inputs(chosen, inputs)
     start = time.perf_counter()
     predictions, val_mae, columns = FIT_HEADS[head](x, y, y_val, inputs, [seed for _, seed in plan], cfg)
     predictions = (y_mean + y_std * predictions).cpu().numpy()
-    val_mae = (y_std[:, 0] * val_mae).tolist()  # eV, on the early-stopping validation molecules
+    val_mae = (y_std[:, 0] * val_mae).tolist()  # label units, on the early-stopping validation structures
     fit_seconds = (time.perf_counter() - start) / len(plan)
     never = [key for key, extra in zip(plan, columns) if extra.get("best_epoch") == 0]
     if never:  # its validation MAE was never finite: an untrained head is no result
@@ -452,7 +464,7 @@ def fit_budget(head, n_labels, plan, selections, inputs, cfg, logger):
         m = {**regression_metrics(y_true, prediction), "val_mae": head_val_mae}
         rows.append({"head": head, "strategy": strategy, "n_labels": n_labels, "seed": seed, **m, **extra,
                      "fit_seconds": fit_seconds})
-        logger.info("%s N=%5d %-9s seed %d: test MAE %.4f eV RMSE %.4f R2 %.3f p95 %.4f max %.3f %s", head,
+        logger.info("%s N=%5d %-9s seed %d: test MAE %.4g RMSE %.4g R2 %.3f p95 %.4g max %.4g %s", head,
                     n_labels, strategy, seed, m["mae"], m["rmse"], m["r2"], m["p95_abs_error"], m["max_abs_error"],
                     " ".join(f"{key} {value:g}" for key, value in extra.items()))
     return rows, predictions
@@ -554,22 +566,23 @@ def label_budgets(ns):
     return sorted({small[-1] if small else ns[0], ns[-1]})
 
 
-def write_plots(out_dir, results, ns, mean_predictor_mae, reference, parity, picked_labels, y_pool):
-    """curve_mae.png, curve_p95.png, parity.png and selected_labels.png."""
+def write_plots(out_dir, results, ns, mean_predictor_mae, reference, parity, picked_labels, y_pool, target):
+    """curve_mae.png, curve_p95.png, parity.png and selected_labels.png; target: (name, unit)."""
     heads = list(dict.fromkeys(results["head"]))
+    name, unit = target
     save_learning_curves(ns, curve_panels(results, ns, "mae"), out_dir / "curve_mae.png",
-                         ylabel="test MAE of HOMO (eV)", references=reference_panels(reference, heads, 1),
-                         hline=(mean_predictor_mae, f"predict the train mean ({mean_predictor_mae:.3f} eV)"))
+                         ylabel=f"test MAE of {name} ({unit})", references=reference_panels(reference, heads, 1),
+                         hline=(mean_predictor_mae, f"predict the train mean ({mean_predictor_mae:.4g} {unit})"))
     save_learning_curves(ns, curve_panels(results, ns, "p95_abs_error"), out_dir / "curve_p95.png",
-                         ylabel="95th percentile of the test |error| (eV)",
+                         ylabel=f"95th percentile of the test |error| of {name} ({unit})",
                          references=reference_panels(reference, heads, 2))
     save_parity({f"{HEAD_TITLES[head]}, N = {ns[-1]}": {CURVE_LABELS[strategy]: pair
                                                         for (h, strategy), pair in parity.items() if h == head}
-                 for head in heads}, out_dir / "parity.png")
+                 for head in heads}, out_dir / "parity.png", name=name, unit=unit)
     save_label_histograms(y_pool, {f"N = {n}, all seeds": {CURVE_LABELS[strategy]: values
                                                            for (strategy, budget), values in picked_labels.items()
                                                            if budget == n}
-                                   for n in label_budgets(ns)}, out_dir / "selected_labels.png", name="HOMO")
+                                   for n in label_budgets(ns)}, out_dir / "selected_labels.png", name=name, unit=unit)
 
 
 def write_outputs(out_dir, results, summary):
@@ -602,15 +615,16 @@ def run_experiment(cfg, arrays, ns, out_dir, device, logger, reference=None):
     inputs = experiment_inputs(arrays, cfg, device)
     z_select = selection_latents(arrays, cfg, device)
     y_pool, y_test = inputs["pool"][1], inputs["test"][1]
-    logger.info("latents: %d molecules, dim %d; pool %d, early-stopping val %d, test %d; budgets %s; heads %s",
-                len(arrays["z_all"]), z_select.shape[1], len(y_pool), len(inputs["val"][1]), len(y_test), ns,
-                cfg.HEAD)
+    target, unit = arrays["target_name"], arrays["target_unit"]
+    logger.info("latents: %d structures, dim %d; pool %d, early-stopping val %d, test %d; budgets %s; heads %s; "
+                "target %s (%s)", len(arrays["z_all"]), z_select.shape[1], len(y_pool), len(inputs["val"][1]),
+                len(y_test), ns, cfg.HEAD, target, unit)
     plan = [(strategy, seed) for strategy in cfg.SAMPLING_STRATEGIES for seed in cfg.SAMPLING_SEEDS]
     selections = select_all(selection.Selector(z_select, cfg), plan, ns, arrays["idx_train"], out_dir, logger)
     check_label_spread(selections, y_pool)
     logger.info("stage selection: %.1f s", time.perf_counter() - clock)
     mean_predictor_mae = mae(y_test, torch.full_like(y_test, float(y_pool.mean())))
-    logger.info("predicting the train-pool mean gives test MAE %.4f eV", mean_predictor_mae)
+    logger.info("predicting the train-pool mean gives test MAE %.4g %s", mean_predictor_mae, unit)
     rows, parity = [], {}
     for head in cfg.HEAD:
         stage = time.perf_counter()
@@ -623,13 +637,14 @@ def run_experiment(cfg, arrays, ns, out_dir, device, logger, reference=None):
     stage = time.perf_counter()
     results = pd.DataFrame(rows)
     summary = summarize(results)
-    logger.info("summary (MAE in eV; diff = strategy - random of the same head, paired by seed):\n%s",
+    logger.info("summary (MAE in %s; diff = strategy - random of the same head, paired by seed):\n%s", unit,
                 summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     write_outputs(out_dir, results, summary)
     picked_labels = {(strategy, n): torch.cat([y_pool[selections[strategy, seed, n]]
                                                for seed in cfg.SAMPLING_SEEDS]).cpu().numpy()
                      for strategy in cfg.SAMPLING_STRATEGIES for n in label_budgets(ns)}
-    write_plots(out_dir, results, ns, mean_predictor_mae, reference or {}, parity, picked_labels, y_pool.cpu().numpy())
+    write_plots(out_dir, results, ns, mean_predictor_mae, reference or {}, parity, picked_labels, y_pool.cpu().numpy(),
+                (target, unit))
     logger.info("stage statistics and outputs: %.1f s", time.perf_counter() - stage)
     logger.info("wrote results to %s; total %.1f s", out_dir, time.perf_counter() - clock)
 
@@ -639,8 +654,8 @@ def run_experiment(cfg, arrays, ns, out_dir, device, logger, reference=None):
 def check_selection_request(args, cfg, arrays):
     """The strategy, budget and warm-start pool rows of a --select run, before any output exists."""
     check_names("strategy", [args.select], STRATEGIES)
-    if "qm9_index" not in arrays:
-        raise InputError("the latents npz has no qm9_index, which --select needs to name the molecules")
+    if "structure_index" not in arrays:
+        raise InputError("the latents npz has no structure_index, which --select needs to name the structures")
     labelled = read_labelled(args.labelled, arrays) if args.labelled else np.zeros(0, dtype=np.int64)
     free = len(arrays["idx_train"]) - len(labelled)
     if args.budget is None or not 1 <= args.budget <= free:
@@ -673,7 +688,9 @@ def run_selection(args, cfg, arrays, labelled, out_dir, device, logger):
     describe_picks(z_pool, picks, labelled, logger)
     pool_rows = picks.cpu().numpy()
     npz_rows = arrays["idx_train"][pool_rows]
-    write_csv(pd.DataFrame({"rank": np.arange(1, len(pool_rows) + 1), "qm9_index": arrays["qm9_index"][npz_rows],
+    names = {"structure_name": arrays["structure_name"][npz_rows]} if "structure_name" in arrays else {}
+    write_csv(pd.DataFrame({"rank": np.arange(1, len(pool_rows) + 1),
+                            "structure_index": arrays["structure_index"][npz_rows], **names,
                             "pool_row": pool_rows, "npz_row": npz_rows}), out_dir / "to_label.csv")
     logger.info("wrote %s", out_dir / "to_label.csv")
 

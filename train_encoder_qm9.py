@@ -1,21 +1,23 @@
-"""Self-supervised training of the E(3)-equivariant encoder on QM9 structures (no labels), then
-the latents of every molecule into latents_qm9.npz.
+"""Self-supervised training of the E(3)-equivariant encoder on the structures of DATASET (QM9
+molecules by default, or CoRE MOF crystals; no labels), then the latents of every structure into
+latents_<DATASET>.npz.
 
 The encoder learns to predict label-free structure descriptors (atom counts, distance and angle
 histograms) through an invariant decoder and, optionally, the noise added to atom positions through
-an equivariant vector head. HOMO energies are read only to be stored beside the latents.
+an equivariant vector head. The TARGET property (HOMO energies for QM9) is read only to be stored
+beside the latents.
 
     python train_encoder_qm9.py --max-molecules 2000 --epochs 3 --out-dir runs/quick
     python train_encoder_qm9.py --out-dir runs/full            # all of QM9, best on a GPU
     python train_encoder_qm9.py --out-dir runs/full --resume --epochs 150
     python train_encoder_qm9.py --out-dir runs/untrained --epochs 0     # control: the untrained encoder
     python train_encoder_qm9.py --out-dir runs/descriptors --descriptor-latents  # control: the targets
+    python train_encoder_qm9.py --dataset coremof --target AV_VF --max-molecules 300 --epochs 3 --out-dir runs/mof
 """
 import argparse
 import contextlib
 import math
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -27,20 +29,27 @@ from tqdm import tqdm
 import data
 import distributed
 from distributed import Ranks
-from models import EquivDecoder, EquivGNNEncoder, VectorHead, radius_graph
+from models import EquivDecoder, EquivGNNEncoder, VectorHead, neighbour_graph
 from utils import (InputError, add_run_arguments, atomic_path, check_new_run_dir, check_split_ratios,
                    config_from_json, config_json, default_run_dir, first_line, get_device, overrides_from_args,
                    quiet_logger, resolve_config, run_cli, run_folder, run_info_name, save_torch, saved_config,
                    set_seed, start_run, train_val_test_split_indices)
 
-LATENTS_NAME = "latents_qm9.npz"
+def latents_name(dataset):
+    """The latents file of a dataset: latents_qm9.npz, latents_coremof.npz."""
+    return f"latents_{dataset}.npz"
+
+
 BEST_ENCODER, BEST_DECODER, LAST = "encoder_struct.pt", "decoder_struct.pt", "last.pt"
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", help="override DATA_ROOT (where the QM9 cache lives)")
-    parser.add_argument("--max-molecules", type=int, help="override MAX_STRUCTURES: a seeded subset")
+    parser.add_argument("--dataset", help="override DATASET: qm9 or coremof")
+    parser.add_argument("--target", help="override TARGET, the property stored beside the latents")
+    parser.add_argument("--data-root", help="override DATA_ROOT (where the dataset cache lives)")
+    parser.add_argument("--max-structures", "--max-molecules", dest="max_molecules", type=int,
+                        help="override MAX_STRUCTURES: a seeded subset")
     parser.add_argument("--epochs", type=int, help="override ENC_EPOCHS (with --resume: train on to this epoch)")
     parser.add_argument("--batch-size", type=int, help="override ENC_BATCH_SIZE")
     parser.add_argument("--lr", type=float, help="override ENC_LR")
@@ -54,7 +63,8 @@ def parse_args(argv=None):
 
 def config_from_args(args):
     """The resolved config: configs.py with the flags applied, or the saved config of a resumed run."""
-    flags = {"DATA_ROOT": args.data_root, "MAX_STRUCTURES": args.max_molecules, "ENC_EPOCHS": args.epochs,
+    flags = {"DATASET": args.dataset, "TARGET": args.target, "DATA_ROOT": args.data_root,
+             "MAX_STRUCTURES": args.max_molecules, "ENC_EPOCHS": args.epochs,
              "ENC_BATCH_SIZE": args.batch_size, "ENC_LR": args.lr, "SEED": args.seed}
     overrides = overrides_from_args(flags, args.set)
     if not args.resume:
@@ -70,10 +80,13 @@ def config_from_args(args):
 
 
 def check_config(cfg):
-    """Fail before any data is read if the settings cannot work: irreps, element symbols, targets,
-    histogram bins, split and learning-rate schedule (types and signs are checked on loading)."""
-    EquivGNNEncoder(**encoder_hparams(cfg, avg_num_neighbors=1.0))
-    data.descriptor_sizes(cfg)
+    """Fail before any data is read if the settings cannot work: dataset and target, irreps, element
+    symbols, targets, histogram bins, split and learning-rate schedule (types and signs are checked
+    on loading)."""
+    data.check_dataset_settings(cfg)
+    known_types = SimpleNamespace(**{**vars(cfg), "ATOM_TYPES": cfg.ATOM_TYPES or ["H"]})  # None: from the data
+    EquivGNNEncoder(**encoder_hparams(known_types, avg_num_neighbors=1.0))
+    data.descriptor_sizes(known_types)
     data.check_histogram_settings(cfg)
     check_split_ratios(cfg.TRAIN_VAL_TEST_SPLIT)
     if cfg.BOND_TOLERANCE < 1:
@@ -86,18 +99,23 @@ def check_config(cfg):
 # --- data and models ---------------------------------------------------------------
 
 def load_structures(cfg):
-    """The (subset of) QM9 molecules this run uses, as cache arrays, checked for coincident atoms."""
-    arrays = data.seeded_subset(data.load_qm9(cfg.DATA_ROOT), cfg.MAX_STRUCTURES, cfg.SEED)
-    data.check_atom_distances(arrays, Path(cfg.DATA_ROOT) / data.CACHE_NAME)
-    return arrays
+    """The structures this run uses (those of at most MAX_STRUCTURE_ATOMS atoms, or a seeded subset of
+    them), checked for coincident atoms; the config with ATOM_TYPES resolved (None: every element of
+    the dataset); and how many structures the size cap left out."""
+    arrays = data.load_dataset(cfg)
+    cfg = SimpleNamespace(**{**vars(cfg), "ATOM_TYPES": data.dataset_atom_types(cfg.ATOM_TYPES, arrays)})
+    arrays, dropped = data.drop_large_structures(arrays, cfg.MAX_STRUCTURE_ATOMS)
+    arrays = data.seeded_subset(arrays, cfg.MAX_STRUCTURES, cfg.SEED)
+    data.check_atom_distances(arrays, f"{cfg.DATASET} cache in {cfg.DATA_ROOT}")
+    return arrays, cfg, dropped
 
 
-def average_neighbors(structures, rows, cutoff, batch_size):
-    """Mean number of neighbours within the cutoff per atom, over the molecules `rows`."""
+def average_neighbors(structures, rows, cutoff, batch_size, max_atoms):
+    """Mean number of neighbours within the cutoff per atom, over the structures `rows`."""
     edges = atoms = 0
-    for chunk in data.batches(rows, batch_size):
-        _, pos, batch = structures.gather(chunk)
-        edges += radius_graph(pos, batch, cutoff).shape[1]
+    for chunk in structures.batches(rows, batch_size, max_atoms):
+        _, pos, batch, cell = structures.gather(chunk)
+        edges += neighbour_graph(pos, batch, cutoff, cell)[0].shape[1]
         atoms += len(batch)
     return edges / atoms
 
@@ -108,7 +126,10 @@ def encoder_hparams(cfg, avg_num_neighbors):
             "num_layers": cfg.ENC_NUM_LAYERS, "latent_dim": cfg.LATENT_DIM, "cutoff": cfg.CUTOFF,
             "num_radial_basis": cfg.NUM_RADIAL_BASIS, "radial_hidden_dim": cfg.RADIAL_HIDDEN_DIM,
             "avg_num_neighbors": avg_num_neighbors, "readout": cfg.LATENT_READOUT,
-            "keep_vectors": cfg.DENOISE_WEIGHT > 0}
+            "keep_vectors": cfg.DENOISE_WEIGHT > 0, "pooling": "mean" if cfg.DATASET in PERIODIC else "sum"}
+
+
+PERIODIC = ("coremof",)  # datasets of periodic crystals: averaged, not summed, over atoms
 
 
 def decoder_hparams(cfg, out_dim):
@@ -183,9 +204,9 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.encoder, self.decoder, self.vector_head = encoder, decoder, vector_head
 
-    def forward(self, z, pos, batch):
+    def forward(self, z, pos, batch, cell=None):
         """(descriptors (B, width), vectors (A, 3) or None without a vector head)."""
-        latent, last_features = self.encoder.encode(z, pos, batch)
+        latent, last_features = self.encoder.encode(z, pos, batch, cell)
         vectors = None if self.vector_head is None else self.vector_head(last_features)
         return self.decoder(latent), vectors
 
@@ -195,7 +216,7 @@ def batch_losses(model, structures, targets, rows, noise, sizes, sigma):
     atoms, in units of sigma), the MSE of the noise predicted from the displaced positions."""
     atoms, batch = structures.atoms_of(rows)
     pos = structures.pos[atoms] if noise is None else structures.pos[atoms] + sigma * noise[atoms]
-    descriptors, vectors = model(structures.z[atoms], pos, batch)
+    descriptors, vectors = model(structures.z[atoms], pos, batch, structures.cells_of(rows))
     losses = group_losses(descriptors, targets[rows], sizes)
     if noise is not None:
         losses["denoise"] = ((vectors - noise[atoms]) ** 2).mean()
@@ -203,7 +224,8 @@ def batch_losses(model, structures, targets, rows, noise, sizes, sigma):
 
 
 def train_epoch(model, optimizer, structures, targets, rows, cfg, noise=None, ranks=Ranks()):
-    """One pass over `rows` in shuffled batches of ENC_BATCH_SIZE molecules, each rank training on its
+    """One pass over `rows` in shuffled batches of ENC_BATCH_SIZE structures (fewer where
+    BATCH_MAX_ATOMS ends a batch early), each rank training on its
     share of every batch; returns the mean weighted loss over all ranks (a 0-d tensor). `noise`: the
     epoch's position_noise.
 
@@ -213,7 +235,7 @@ def train_epoch(model, optimizer, structures, targets, rows, cfg, noise=None, ra
     model.train()
     sizes = data.descriptor_sizes(cfg)
     total, trained = torch.zeros((), device=targets.device), 0
-    for chunk in tqdm(data.batches(rows, cfg.ENC_BATCH_SIZE), desc="batches", leave=False,
+    for chunk in tqdm(structures.batches(rows, cfg.ENC_BATCH_SIZE, cfg.BATCH_MAX_ATOMS), desc="batches", leave=False,
                       disable=None if ranks.is_main else True):
         if len(chunk) < ranks.world:
             continue
@@ -236,7 +258,7 @@ def evaluate(model, structures, targets, rows, cfg, noise=None, ranks=Ranks()):
     model.eval()
     sizes, weights = data.descriptor_sizes(cfg), loss_weights(cfg)
     sums = torch.zeros(len(weights), device=targets.device)
-    for chunk in data.batches(ranks.share(rows), cfg.EVAL_BATCH_SIZE):
+    for chunk in structures.batches(ranks.share(rows), cfg.EVAL_BATCH_SIZE, cfg.BATCH_MAX_ATOMS):
         losses = batch_losses(model, structures, targets, chunk, noise, sizes, cfg.DENOISE_SIGMA)
         sums = sums + torch.stack(list(losses.values())) * len(chunk)
     losses = dict(zip(weights, (ranks.all_sum(sums).double() / len(rows)).tolist()))
@@ -244,11 +266,11 @@ def evaluate(model, structures, targets, rows, cfg, noise=None, ranks=Ranks()):
 
 
 @torch.no_grad()
-def extract_latents(encoder, structures, batch_size):
-    """Latents of every molecule, (M, latent_dim) float32 numpy, in eval mode and batched."""
+def extract_latents(encoder, structures, batch_size, max_atoms):
+    """Latents of every structure, (M, latent_dim) float32 numpy, in eval mode and batched."""
     encoder.eval()
     rows = torch.arange(structures.num_molecules, device=structures.z.device)
-    latents = [encoder(*structures.gather(chunk)) for chunk in data.batches(rows, batch_size)]
+    latents = [encoder(*structures.gather(chunk)) for chunk in structures.batches(rows, batch_size, max_atoms)]
     return torch.cat(latents).float().cpu().numpy()
 
 
@@ -271,22 +293,28 @@ def save_best(out_dir, encoder, decoder, enc_hparams, dec_hparams, target_stats,
                                         **common})
 
 
-def write_latents(path, latents, y, split, qm9_index, cfg, source, model=None, **extra):
-    """latents_qm9.npz: z_all (M, D) float32, y_all (M,) HOMO eV, the split, qm9_index, config, and
+def write_latents(path, latents, arrays, split, cfg, source, model=None, **extra):
+    """latents_<DATASET>.npz: z_all (M, D) float32; y_all (M,) float64, the TARGET property, named by
+    target_name and target_unit; the split; structure_index, the dataset's id of each structure
+    (QM9 Index, CoRE MOF CSV row), and for a named dataset structure_name; dataset; config; and
     latent_source, what z_all is (the encoder of an epoch, the descriptor targets, a pretrained
     model). `model` describes a pretrained source in the config; `extra` arrays are stored as given."""
     idx_train, idx_val, idx_test = split
     config = config_json(cfg) if model is None else config_json(cfg, latent_model=model)
+    names = {"structure_name": arrays["name"]} if "name" in arrays else {}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, z_all=latents.astype(np.float32), y_all=y.astype(np.float64), idx_train=idx_train,
-                 idx_val=idx_val, idx_test=idx_test, qm9_index=qm9_index.astype(np.int64),
-                 config=np.array(config), latent_source=np.array(source), **extra)
+        np.savez(f, z_all=latents.astype(np.float32), y_all=arrays["y"].astype(np.float64), idx_train=idx_train,
+                 idx_val=idx_val, idx_test=idx_test, structure_index=arrays["index"].astype(np.int64), **names,
+                 dataset=np.array(cfg.DATASET), target_name=np.array(cfg.TARGET),
+                 target_unit=np.array(data.target_unit(cfg)), config=np.array(config),
+                 latent_source=np.array(source), **extra)
 
 
 def prepare_data(cfg, device):
-    """Steps 3, 4 and 10: the molecules on the device, their seeded split and standardized targets,
-    with every check of the data, so that bad data stops a run before its folder exists."""
-    arrays = load_structures(cfg)
+    """Steps 3, 4 and 10: the structures on the device, their seeded split and standardized targets,
+    with every check of the data, so that bad data stops a run before its folder exists. Its `cfg`
+    is the run's config, with ATOM_TYPES resolved from the data."""
+    arrays, cfg, dropped = load_structures(cfg)
     structures = data.Structures(arrays, cfg.ATOM_TYPES, device)
     split = train_val_test_split_indices(structures.num_molecules, cfg.TRAIN_VAL_TEST_SPLIT, cfg.SEED)
     if len(split[0]) < 2 or len(split[1]) == 0:  # two training molecules at least, to standardize the targets
@@ -297,22 +325,27 @@ def prepare_data(cfg, device):
     sizes = data.descriptor_sizes(cfg)
     targets, mean, std = data.standardize_targets(data.compute_descriptors(structures, cfg),
                                                   torch.as_tensor(split[0], device=device), sizes)
-    return SimpleNamespace(arrays=arrays, structures=structures, split=split, targets=targets,
-                           target_stats=(mean, std), descriptor_sizes=sizes,
+    return SimpleNamespace(cfg=cfg, arrays=arrays, structures=structures, split=split, targets=targets,
+                           target_stats=(mean, std), descriptor_sizes=sizes, dropped=dropped,
                            descriptor_seconds=time.perf_counter() - start)
 
 
 def log_data(prepared, device, logger):
-    structures, split = prepared.structures, prepared.split
-    logger.info("molecules %d (train %d, val %d, test %d), atoms %d, device %s", structures.num_molecules,
-                len(split[0]), len(split[1]), len(split[2]), len(structures.z), device)
+    structures, split, cfg = prepared.structures, prepared.split, prepared.cfg
+    logger.info("%s: structures %d (train %d, val %d, test %d), atoms %d, device %s; %d structures above "
+                "MAX_STRUCTURE_ATOMS=%d left out", cfg.DATASET, structures.num_molecules, len(split[0]),
+                len(split[1]), len(split[2]), len(structures.z), device, prepared.dropped, cfg.MAX_STRUCTURE_ATOMS)
+    n_atoms = prepared.arrays["n_atoms"]
+    logger.info("atoms per structure: median %d, p90 %d, max %d; ATOM_TYPES %s; histogram classes %s",
+                np.median(n_atoms), np.percentile(n_atoms, 90), n_atoms.max(), " ".join(cfg.ATOM_TYPES),
+                " ".join(data.histogram_classes(cfg.ATOM_TYPES, cfg.HIST_ELEMENTS)[0]))
     logger.info("descriptor targets %s computed in %.1f s", prepared.descriptor_sizes, prepared.descriptor_seconds)
 
 
 def neighbors_within_cutoff(prepared, cfg, device):
     """The encoder's average neighbour count over the training molecules; none at all is an error."""
     count = average_neighbors(prepared.structures, torch.as_tensor(prepared.split[0], device=device), cfg.CUTOFF,
-                              cfg.EVAL_BATCH_SIZE)
+                              cfg.EVAL_BATCH_SIZE, cfg.BATCH_MAX_ATOMS)
     if count == 0:
         raise InputError(f"CUTOFF={cfg.CUTOFF}: no training atom has a neighbour that close; expected a cutoff "
                          "above the shortest bond length, about 1 Angstrom")
@@ -344,7 +377,7 @@ def load_last(out_dir, cfg, device):
     if cfg.ENC_EPOCHS < done:
         raise InputError(f"--epochs {cfg.ENC_EPOCHS}: {out_dir} has already trained {done} epochs; expected more "
                          "epochs to train on")
-    if cfg.ENC_EPOCHS == done and (out_dir / LATENTS_NAME).is_file():
+    if cfg.ENC_EPOCHS == done and (out_dir / latents_name(cfg.DATASET)).is_file():
         raise InputError(f"{out_dir}: finished, all {done} epochs trained and the latents written; pass --epochs "
                          f"above {done} to train on")
     return checkpoint
@@ -377,31 +410,33 @@ def build_models(cfg, enc_hparams, dec_hparams, device, checkpoint):
 
 
 def export_latents(out_dir, structures, arrays, split, cfg, device, logger):
-    """Steps 8, 9 and 11: latents of every molecule from the best encoder, with HOMO and the split."""
+    """Steps 8, 9 and 11: latents of every structure from the best encoder, with the target and the split."""
     if not (out_dir / BEST_ENCODER).is_file():
         raise InputError(f"{out_dir}: no best checkpoint; ENC_EPOCHS={cfg.ENC_EPOCHS} trained nothing")
     start = time.perf_counter()
     best = torch.load(out_dir / BEST_ENCODER, map_location=device, weights_only=True)
-    latents = extract_latents(encoder_from(best, device), structures, cfg.EVAL_BATCH_SIZE)
+    latents = extract_latents(encoder_from(best, device), structures, cfg.EVAL_BATCH_SIZE, cfg.BATCH_MAX_ATOMS)
     seconds = time.perf_counter() - start
-    logger.info("latents of %d molecules in %.1f s (%.0f mol/s)", len(latents), seconds, len(latents) / seconds)
+    logger.info("latents of %d structures in %.1f s (%.0f structures/s)", len(latents), seconds,
+                len(latents) / seconds)
     source = f"encoder after epoch {best['epoch']}" + (" (untrained)" if best["epoch"] == 0 else "")
-    write_latents(out_dir / LATENTS_NAME, latents, arrays["homo_ev"], split, arrays["index"], cfg, source)
-    log_written(out_dir / LATENTS_NAME, source, arrays, logger)
+    write_latents(out_dir / latents_name(cfg.DATASET), latents, arrays, split, cfg, source)
+    log_written(out_dir / latents_name(cfg.DATASET), source, arrays, cfg, logger)
 
 
-def log_written(path, source, arrays, logger):
-    logger.info("wrote %s (%s); HOMO mean %.3f eV, std %.3f eV (not used in training)", path, source,
-                arrays["homo_ev"].mean(), arrays["homo_ev"].std())
+def log_written(path, source, arrays, cfg, logger):
+    unit = data.target_unit(cfg)
+    logger.info("wrote %s (%s); %s mean %.4g %s, std %.4g %s (not used in training)", path, source, cfg.TARGET,
+                arrays["y"].mean(), unit, arrays["y"].std(), unit)
 
 
 def export_descriptor_latents(out_dir, prepared, cfg, logger):
     """The control of --descriptor-latents: the standardized descriptor targets as z_all, on the same
     split, so a latent can be judged against the features it was trained to reproduce."""
     source = "descriptor targets " + " + ".join(prepared.descriptor_sizes)
-    write_latents(out_dir / LATENTS_NAME, prepared.targets.float().cpu().numpy(), prepared.arrays["homo_ev"],
-                  prepared.split, prepared.arrays["index"], cfg, source)
-    log_written(out_dir / LATENTS_NAME, source, prepared.arrays, logger)
+    write_latents(out_dir / latents_name(cfg.DATASET), prepared.targets.float().cpu().numpy(), prepared.arrays,
+                  prepared.split, cfg, source)
+    log_written(out_dir / latents_name(cfg.DATASET), source, prepared.arrays, cfg, logger)
 
 
 def train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger, ranks=Ranks()):
@@ -446,7 +481,7 @@ def train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger, ran
             raise InputError(f"training diverged in epoch {epoch + 1} (validation loss {val_loss}); lower ENC_LR")
         scheduler.step(val_loss)
         seconds = time.perf_counter() - start
-        logger.info("epoch %4d/%d train %.5f val %.5f [%s] lr %.2e %.1f s %.0f mol/s", epoch + 1, cfg.ENC_EPOCHS,
+        logger.info("epoch %4d/%d train %.5f val %.5f [%s] lr %.2e %.1f s %.0f structures/s", epoch + 1, cfg.ENC_EPOCHS,
                     train_loss, val_loss, format_groups(val_groups), optimizer.param_groups[0]["lr"], seconds,
                     len(train_rows) / seconds)
         save(epoch + 1, val_loss)
@@ -480,6 +515,7 @@ def main(argv=None):
         if ranks.is_main and not args.resume:
             check_new_run_dir(out_dir)
         prepared = prepare_data(cfg, device)
+        cfg = prepared.cfg
         check_ranks(cfg, prepared, ranks)
         avg_neighbors = None if args.resume else neighbors_within_cutoff(prepared, cfg, device)
         with run_folder(out_dir, resume=args.resume) if ranks.is_main else contextlib.nullcontext():

@@ -215,7 +215,7 @@ def save_learning_curves(xs, panels, out_png, ylabel="test MAE (eV)", hline=None
     _save_figure(fig, out_png)
 
 
-def save_parity(panels, out_png, unit="eV"):
+def save_parity(panels, out_png, name="value", unit="eV"):
     """Predicted against true values, one square panel per (row title, column title) of `panels`
     {row: {column: (y_true (T,), y_pred (T,))}}, with the diagonal and the MAE in each panel."""
     plt = _pyplot()
@@ -235,9 +235,9 @@ def save_parity(panels, out_png, unit="eV"):
             ax.set_xlim(limits)
             ax.set_ylim(limits)
             ax.set_aspect("equal")
-            ax.set_title(f"{row_title}: {column}\nMAE {np.mean(np.abs(y_true - y_pred)):.3f} {unit}", fontsize="small")
-            ax.set_xlabel(f"true ({unit})")
-            ax.set_ylabel(f"predicted ({unit})")
+            ax.set_title(f"{row_title}: {column}\nMAE {np.mean(np.abs(y_true - y_pred)):.4g} {unit}", fontsize="small")
+            ax.set_xlabel(f"true {name} ({unit})")
+            ax.set_ylabel(f"predicted {name} ({unit})")
     _save_figure(fig, out_png)
 
 
@@ -256,8 +256,8 @@ def save_label_histograms(pool, panels, out_png, name="label", unit="eV"):
             ax.hist(pool, bins=bins, density=True, color="lightgray", label="pool")
             ax.hist(np.clip(values, bins[0], bins[-1]), bins=bins, density=True, histtype="step", linewidth=1.5,
                     label="picks")
-            ax.set_title(f"{title}: {label}\n{len(values):,} picks, mean {values.mean():.2f}, std {values.std():.2f}"
-                         f"\n(pool {pool.mean():.2f}, {pool.std():.2f} {unit})", fontsize="small")
+            ax.set_title(f"{title}: {label}\n{len(values):,} picks, mean {values.mean():.3g}, std {values.std():.3g}"
+                         f"\n(pool {pool.mean():.3g}, {pool.std():.3g} {unit})", fontsize="small")
             ax.set_yticks([])
         ax_row[0].legend(fontsize="small")
     for ax in axes[-1]:
@@ -279,6 +279,7 @@ def _is_number(value):
 # 0 is meaningful here: lower the rate after any epoch without improvement; the untrained encoder
 MAY_BE_ZERO = {"ENC_LR_PATIENCE", "ENC_EPOCHS"}
 SEED_KEYS = {"SEED", "SAMPLING_SEEDS"}
+NONE_DEFAULT_EXAMPLES = {"ATOM_TYPES": ("H",)}  # settings whose None default stands for a list
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which set_seed uses, takes no larger seed
 
 
@@ -303,8 +304,8 @@ def _coerce_scalar(name, value, default):
 
 def _coerce(name, value, default):
     """`value` checked against the default of `name` (type, element types, sign), or an InputError."""
-    if default is None:  # an optional count
-        return None if value is None else _coerce_scalar(name, value, 1)
+    if default is None:  # optional: None, or a value like the example of NONE_DEFAULT_EXAMPLES (a count by default)
+        return None if value is None else _coerce(name, value, NONE_DEFAULT_EXAMPLES.get(name, 1))
     if isinstance(default, (tuple, list)):
         if isinstance(value, str) and isinstance(default[0], str):  # one name stands for a list of one
             value = [value]
@@ -441,6 +442,16 @@ def load_npz(path, what):
             return {key: stored[key] for key in stored.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise InputError(f"{path}: damaged {what} ({first_line(err)})") from None
+
+
+def save_npz(path, arrays, what):
+    """Write a compressed npz archive of `arrays` atomically, making its folder; `what` names it in errors."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    except OSError as err:
+        raise InputError(f"cannot write the {what} {path} ({err.strerror})") from None
 
 
 def write_text(path, text):

@@ -101,7 +101,8 @@ def qm9_setup(cfg, sizes, device):
     start = time.perf_counter()
     molecules = baselines.molecule_data_list(arrays, targets.cpu(), cfg.CUTOFF)
     data_list_seconds = time.perf_counter() - start
-    avg_neighbors = training.average_neighbors(structures, rows, cfg.CUTOFF, cfg.EVAL_BATCH_SIZE)
+    avg_neighbors = training.average_neighbors(structures, rows, cfg.CUTOFF, cfg.EVAL_BATCH_SIZE,
+                                                cfg.BATCH_MAX_ATOMS)
     return SimpleNamespace(arrays=arrays, structures=structures, targets=targets, molecules=molecules,
                            enc_hparams=training.encoder_hparams(cfg, avg_neighbors),
                            dec_hparams=training.decoder_hparams(cfg, targets.shape[1]),
@@ -154,7 +155,7 @@ def bench_training(setup, cfg, sizes, device):
     base_seconds, base_loss = timed(lambda: baseline(loader), device)
 
     check = rows[:cfg.ENC_BATCH_SIZE].cpu()
-    z, pos, batch = setup.structures.gather(check.to(device))
+    z, pos, batch, _ = setup.structures.gather(check.to(device))
     graph = Batch.from_data_list([setup.molecules[i] for i in check.tolist()]).to(device)
     encoders["fast"].eval()
     encoders["baseline"].eval()
@@ -208,13 +209,14 @@ def bench_gather(setup, cfg, sizes, device):
 def bench_latents(setup, cfg, sizes, device):
     """extract_latents on device-resident structures against the same encoder fed by the PyG DataLoader."""
     encoder = seeded_model(EquivGNNEncoder, setup.enc_hparams, cfg.SEED, device)
-    warm = data.Structures(data.take_molecules(setup.arrays, np.arange(128)), cfg.ATOM_TYPES, device)
-    training.extract_latents(encoder, warm, cfg.EVAL_BATCH_SIZE)
+    warm = data.Structures(data.take_structures(setup.arrays, np.arange(128)), cfg.ATOM_TYPES, device)
+    training.extract_latents(encoder, warm, cfg.EVAL_BATCH_SIZE, cfg.BATCH_MAX_ATOMS)
     baselines.latents_pyg(encoder, DataLoader(setup.molecules[:128], batch_size=cfg.EVAL_BATCH_SIZE), device)
 
     loader = DataLoader(setup.molecules, batch_size=cfg.EVAL_BATCH_SIZE)
-    fast_seconds, fast = timed(lambda: training.extract_latents(encoder, setup.structures, cfg.EVAL_BATCH_SIZE),
-                               device, sizes["repeats"])
+    fast_seconds, fast = timed(
+        lambda: training.extract_latents(encoder, setup.structures, cfg.EVAL_BATCH_SIZE, cfg.BATCH_MAX_ATOMS),
+        device, sizes["repeats"])
     base_seconds, base = timed(lambda: baselines.latents_pyg(encoder, loader, device), device, sizes["repeats"])
     difference = relative_difference(fast, base)
     ok = difference < TOLERANCES["latents"]
@@ -232,7 +234,7 @@ def bench_latents(setup, cfg, sizes, device):
 def bench_descriptors(setup, cfg, sizes, device):
     """compute_descriptors in EVAL_BATCH_SIZE chunks against the same function one molecule at a time."""
     n = min(sizes["descriptor_molecules"], setup.structures.num_molecules)
-    structures = data.Structures(data.take_molecules(setup.arrays, np.arange(n)), cfg.ATOM_TYPES, device)
+    structures = data.Structures(data.take_structures(setup.arrays, np.arange(n)), cfg.ATOM_TYPES, device)
     data.compute_descriptors(structures, cfg)
     fast_seconds, fast = timed(lambda: data.compute_descriptors(structures, cfg), device, sizes["repeats"])
     base_seconds, base = timed(lambda: baselines.descriptors_per_molecule(structures, cfg), device,
@@ -453,7 +455,7 @@ def run(args):
         threadpool_limits(args.threads)  # numpy's BLAS, which the sklearn baseline uses
     device = get_device(args.device)
     load_before = os.getloadavg()
-    cfg = resolve_config()
+    cfg = resolve_config({"ATOM_TYPES": list(data.QM9_ATOM_TYPES)})
     sizes = bench_sizes(args.quick, device)
     start = time.perf_counter()
     setup = qm9_setup(cfg, sizes, device)

@@ -38,6 +38,7 @@ def variant_epoch(overrides, args, device):
     cfg = resolve_config({**overrides, "MAX_STRUCTURES": args.molecules,
                           **({"DATA_ROOT": args.data_root} if args.data_root else {})})
     prepared = training.prepare_data(cfg, device)
+    cfg = prepared.cfg
     set_seed(cfg.SEED)
     hparams = (training.encoder_hparams(cfg, avg_num_neighbors=15.0),
                training.decoder_hparams(cfg, prepared.targets.shape[1]))

@@ -52,7 +52,8 @@ def plain_pass(embedder, molecules):
 
 def package_pass(embedder, structures, batch_size):
     rows = torch.arange(structures.num_molecules, device=structures.z.device)
-    return torch.cat([embedder(*structures.gather(chunk), len(chunk))[0] for chunk in data.batches(rows, batch_size)])
+    return torch.cat([embedder(*structures.gather(chunk)[:3], len(chunk))[0]  # molecules: no cell
+                      for chunk in torch.split(rows, batch_size)])
 
 
 def main(argv=None):
@@ -62,7 +63,7 @@ def main(argv=None):
     data_root = {"DATA_ROOT": args.data_root} if args.data_root else {}
     cfg = resolve_config({"MAX_STRUCTURES": args.molecules, **data_root})
     arrays = data.seeded_subset(data.load_qm9(cfg.DATA_ROOT), cfg.MAX_STRUCTURES, cfg.SEED)
-    structures = data.Structures(arrays, cfg.ATOM_TYPES, device)
+    structures = data.Structures(arrays, data.QM9_ATOM_TYPES, device)
     split = np.cumsum(arrays["n_atoms"])[:-1]
     molecules = list(zip(np.split(arrays["z"], split), np.split(arrays["pos"].astype(np.float64), split)))
     embedder = pretrained.load_embedder("sevennet-0", "all", device)

@@ -12,7 +12,7 @@ the test split scores it. results_all.csv and summary.csv have the sampling scri
     pip install qmllib
     python benchmarks/krr_fchl19.py --latents runs/full/latents_qm9.npz --out-dir runs/full/fchl19_krr
 
-The molecules come from the QM9 cache (DATA_ROOT), matched by the npz's qm9_index. The kernel
+The molecules come from the QM9 cache (DATA_ROOT), matched by the npz's structure_index (QM9 Index). The kernel
 between molecules i and j is sum_{I in i, J in j, same element} exp(-|x_I - x_J|^2 / (2 sigma^2)),
 that of qmllib.kernels.get_local_kernel (the tests check that they agree). It is computed here with
 one matrix product per element and block: qmllib's loop reads every feature with a stride of the
@@ -50,7 +50,7 @@ BLOCK = 32  # molecules per kernel block: distance blocks of tens of MB, which r
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--latents", type=Path, required=True, help="latents_qm9.npz: its split, labels and qm9_index")
+    parser.add_argument("--latents", type=Path, required=True, help="latents_qm9.npz: its split, labels and structure_index")
     parser.add_argument("--data-root", help="override DATA_ROOT (where the QM9 cache lives)")
     add_run_arguments(parser)
     return parser.parse_args(argv)
@@ -98,7 +98,7 @@ def environments(cache, rows, device):
     """FCHL19 features of the atoms of cache molecules `rows`, by element: ({Z: (x (atoms, D) float64,
     molecule (atoms,) position in rows, ascending)}, number of molecules)."""
     generate = fchl19()
-    molecules = data.take_molecules(cache, rows)
+    molecules = data.take_structures(cache, rows)
     z = molecules["z"].astype(np.int64)
     first = np.cumsum(molecules["n_atoms"]) - molecules["n_atoms"]
     x = np.concatenate([generate(z[a:a + n], molecules["pos"][a:a + n].astype(np.float64), elements=list(ELEMENTS))
@@ -198,7 +198,7 @@ def held_out(arrays, rows, cache_of_row, cache, device):
 def run_benchmark(cfg, arrays, ns, out_dir, device, logger):
     clock = time.perf_counter()
     cache = data.load_qm9(cfg.DATA_ROOT)
-    cache_of_row = cache_rows(cache, arrays["qm9_index"])
+    cache_of_row = cache_rows(cache, arrays["structure_index"])
     val_rows = validation_rows(arrays, cfg)
     val = held_out(arrays, val_rows, cache_of_row, cache, device)
     test = held_out(arrays, arrays["idx_test"], cache_of_row, cache, device)
@@ -221,8 +221,9 @@ def main(argv=None):
     fchl19()  # a missing qmllib stops the run before anything is read or made
     cfg = resolve_config(overrides_from_args({"DATA_ROOT": args.data_root}, args.set))
     arrays = load_latents(args.latents)
-    if "qm9_index" not in arrays:
-        raise InputError(f"{args.latents}: no qm9_index, which names the molecules in the QM9 cache")
+    if arrays["dataset"] != "qm9" or "structure_index" not in arrays:
+        raise InputError(f"{args.latents}: expected QM9 latents with a structure_index (QM9 Index), which names the "
+                         f"molecules in the QM9 cache; got dataset {arrays['dataset']}")
     ns = check_plan(cfg, len(arrays["idx_train"]))
     device = get_device(args.device)
     out_dir = args.out_dir or default_run_dir(cfg, HEAD)

@@ -8,6 +8,8 @@ from conftest import CH_BOND, HH_DISTANCE, METHANE_POS
 import data
 from utils import InputError, resolve_config
 
+QM9 = {"ATOM_TYPES": data.QM9_ATOM_TYPES}  # what ATOM_TYPES=None reads from the QM9 cache
+
 WATER = ("['O','H','H']", "[[0.,0.,0.1173],[0.,0.7572,-0.4692],[0.,-0.7572,-0.4692]]")
 
 
@@ -110,7 +112,7 @@ def test_seeded_subset(qm9_arrays):
     assert len(first["z"]) == first["n_atoms"].sum()
     data.validate_structures(first, "subset")
     for bad in (0, 130_832):
-        with pytest.raises(InputError, match=f"max molecules {bad}: expected 1..130831"):
+        with pytest.raises(InputError, match=f"max structures {bad}: expected 1..130831"):
             data.seeded_subset(qm9_arrays, bad, seed=0)
 
 
@@ -118,7 +120,8 @@ def test_gather_returns_the_molecules_asked_for(qm9_arrays):
     subset = data.seeded_subset(qm9_arrays, 40, seed=3)
     structures = data.Structures(subset, ("H", "C", "N", "O", "F"), "cpu")
     rows = torch.tensor([5, 0, 39, 5])
-    z, pos, batch = structures.gather(rows)
+    z, pos, batch, cell = structures.gather(rows)
+    assert cell is None
     first_atom = np.cumsum(subset["n_atoms"]) - subset["n_atoms"]
     for position, row in enumerate(rows.tolist()):
         atoms = slice(first_atom[row], first_atom[row] + subset["n_atoms"][row])
@@ -140,7 +143,7 @@ def smeared(distances, value_range, bins):
 
 
 def test_descriptors_of_methane_match_a_hand_computation():
-    cfg = resolve_config()
+    cfg = resolve_config(QM9)
     types = torch.tensor([1, 0, 0, 0, 0])  # rows of ATOM_TYPES: C, H, H, H, H
     pos = torch.tensor(METHANE_POS, dtype=torch.float64)
     groups = data.structure_descriptors(types, pos, torch.zeros(5, dtype=torch.long), 1, cfg)
@@ -160,7 +163,7 @@ def _pair_bins(cfg):
 
 
 def test_descriptors_of_water_in_a_batch_with_methane():
-    cfg = resolve_config()
+    cfg = resolve_config(QM9)
     water = np.array([[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]])
     types = torch.tensor([3, 0, 0, 1, 0, 0, 0, 0])  # O H H, then methane
     pos = torch.tensor(np.vstack([water, METHANE_POS + 10.0]), dtype=torch.float64)
@@ -177,7 +180,7 @@ def test_descriptors_of_water_in_a_batch_with_methane():
 
 
 def test_descriptor_groups_are_checked():
-    cfg = resolve_config({"DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "bond_angles": 1.0}})
+    cfg = resolve_config({**QM9, "DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "bond_angles": 1.0}})
     with pytest.raises(InputError, match="DESCRIPTOR_WEIGHTS keys"):
         data.descriptor_sizes(cfg)
 
@@ -204,7 +207,7 @@ def angle_rows(groups, cfg):
 
 
 def test_angle_targets_of_methane_and_water_match_a_hand_computation():
-    cfg = resolve_config(WITH_ANGLES)
+    cfg = resolve_config({**QM9, **WITH_ANGLES})
     bins = (cfg.ANGLE_HIST_RANGE, cfg.ANGLE_HIST_BINS)
     tetrahedral = np.degrees(np.arccos(-1 / 3))  # 109.47: the six H-C-H angles of methane
     methane = data.structure_descriptors(torch.tensor([1, 0, 0, 0, 0]), torch.tensor(METHANE_POS, dtype=torch.float64),
@@ -228,7 +231,7 @@ def test_angle_targets_of_methane_and_water_match_a_hand_computation():
 
 def test_angle_targets_resolve_the_element_triplet():
     """Methanol-like: C bonded to O and three H; O bonded to C and H. Each angle lands in its triplet row."""
-    cfg = resolve_config(WITH_ANGLES)
+    cfg = resolve_config({**QM9, **WITH_ANGLES})
     pos = torch.tensor([[0.0, 0.0, 0.0], [1.43, 0.0, 0.0], [1.75, 0.9, 0.0], [-0.36, 1.03, 0.0],
                         [-0.36, -0.51, 0.89], [-0.36, -0.51, -0.89]], dtype=torch.float64)
     types = torch.tensor([1, 3, 0, 0, 0, 0])  # C O H H H H
@@ -244,7 +247,7 @@ def test_angle_targets_resolve_the_element_triplet():
 def test_descriptors_invariant_to_rotation_reflection_translation_and_order():
     from conftest import random_molecules
     from e3nn import o3
-    cfg = resolve_config({"DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "distance_hist": 1.0, "pair_hist": 1.0,
+    cfg = resolve_config({**QM9, "DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "distance_hist": 1.0, "pair_hist": 1.0,
                                                  "angle_hist": 1.0}})
     z, pos, batch = random_molecules([7, 12, 5], torch.Generator().manual_seed(5))
     types = torch.searchsorted(torch.tensor([1, 6, 7, 8, 9]), z)  # rows of ATOM_TYPES
@@ -261,7 +264,7 @@ def test_descriptors_invariant_to_rotation_reflection_translation_and_order():
 
 
 def test_bond_tolerance_decides_what_counts_as_a_bond():
-    cfg = resolve_config({**WITH_ANGLES, "BOND_TOLERANCE": 1.01})  # C-H is 1.09, 1.02 times the radii
+    cfg = resolve_config({**QM9, **WITH_ANGLES, "BOND_TOLERANCE": 1.01})  # C-H is 1.09, 1.02 times the radii
     methane = data.structure_descriptors(torch.tensor([1, 0, 0, 0, 0]), torch.tensor(METHANE_POS),
                                          torch.zeros(5, dtype=torch.long), 1, cfg)
     assert methane["angle_hist"].abs().max() == 0

@@ -19,9 +19,9 @@ def encoder_gradients(encoder, inputs):
 def test_encoder_gradients_repeat_bit_for_bit(qm9_arrays, busy_cores):
     """Edges in random order, so that many threads add into the same atoms at once: a reduction
     whose order follows thread timing shows up here within a few repeats."""
-    cfg = tr.resolve_config({})
+    cfg = tr.resolve_config({"ATOM_TYPES": list(data.QM9_ATOM_TYPES)})
     structures = data.Structures(data.seeded_subset(qm9_arrays, 128, seed=0), cfg.ATOM_TYPES, "cpu")
-    z, pos, batch = structures.gather(torch.arange(128))
+    z, pos, batch, _ = structures.gather(torch.arange(128))
     edge_index = radius_graph(pos, batch, cfg.CUTOFF)
     edge_index = edge_index[:, torch.randperm(edge_index.shape[1], generator=torch.Generator().manual_seed(0))]
     torch.manual_seed(0)
@@ -32,7 +32,7 @@ def test_encoder_gradients_repeat_bit_for_bit(qm9_arrays, busy_cores):
 
 
 def last_and_latents(run_dir):
-    with np.load(run_dir / tr.LATENTS_NAME) as npz:
+    with np.load(run_dir / tr.latents_name("qm9")) as npz:
         return torch.load(run_dir / tr.LAST, weights_only=True), npz["z_all"]
 
 

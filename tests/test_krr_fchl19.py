@@ -28,7 +28,7 @@ def small_npz(qm9_arrays, tmp_path_factory):
     path = tmp_path_factory.mktemp("krr") / "latents_qm9.npz"
     np.savez(path, z_all=np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32),
              y_all=molecules["homo_ev"], idx_train=idx_train, idx_val=idx_val, idx_test=idx_test,
-             qm9_index=molecules["index"])
+             structure_index=molecules["index"])
     return path
 
 
@@ -106,7 +106,7 @@ def test_local_kernels_equal_qmllibs_get_local_kernel(qm9_arrays, monkeypatch):
     rows_a, rows_b = np.arange(0, 8), np.arange(100, 160, 6)  # the first QM9 molecules lack N, O or F
     mine = krr.local_kernels(krr.environments(qm9_arrays, rows_a, "cpu"), krr.environments(qm9_arrays, rows_b, "cpu"),
                              [1.0, 8.0])
-    (x_a, q_a), (x_b, q_b) = (padded_features(data.take_molecules(qm9_arrays, rows), generate_fchl19)
+    (x_a, q_a), (x_b, q_b) = (padded_features(data.take_structures(qm9_arrays, rows), generate_fchl19)
                               for rows in (rows_a, rows_b))
     for s, sigma in enumerate([1.0, 8.0]):
         theirs = get_local_kernel(x_a, x_b, q_a, q_b, sigma).T  # qmllib's is (molecules of b, molecules of a)

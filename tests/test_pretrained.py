@@ -32,7 +32,8 @@ def embedders():
 def molecules(qm9_arrays):
     """A few QM9 molecules as (z, pos, batch, count)."""
     structures = data.Structures(qm9_arrays, ("H", "C", "N", "O", "F"), "cpu")
-    return (*structures.gather(torch.tensor(QM9_ROWS)), len(QM9_ROWS))
+    z, pos, batch, _ = structures.gather(torch.tensor(QM9_ROWS))
+    return z, pos, batch, len(QM9_ROWS)
 
 
 def each_molecule(molecules):
@@ -183,7 +184,7 @@ def test_export_writes_the_latents_format_on_the_encoders_split(exported, qm9_ar
     subset = data.seeded_subset(qm9_arrays, 40, 0)
     assert arrays["z_all"].shape == (40, 640) and arrays["z_all"].dtype == np.float32
     np.testing.assert_array_equal(arrays["y_all"], subset["homo_ev"])
-    np.testing.assert_array_equal(arrays["qm9_index"], subset["index"])
+    np.testing.assert_array_equal(arrays["structure_index"], subset["index"])
     for key, rows in zip(sm.INDEX_KEYS, train_val_test_split_indices(40, (0.8, 0.1, 0.1), 0)):
         np.testing.assert_array_equal(arrays[key], rows)
     assert "sevennet-0" in str(arrays["latent_source"]) and '"dim": 640' in str(arrays["config"])
@@ -224,7 +225,7 @@ def test_batch_and_chunk_sizes_set_the_passes_and_the_files(qm9_arrays, tmp_path
         passes.append(count)
         return torch.zeros(count, 2), torch.zeros(count, dtype=torch.float64)
 
-    cfg = SimpleNamespace(PRETRAINED_BATCH_SIZE=3, PRETRAINED_CHUNK_SIZE=16)
+    cfg = SimpleNamespace(PRETRAINED_BATCH_SIZE=3, PRETRAINED_CHUNK_SIZE=16, BATCH_MAX_ATOMS=8192)
     export.embed_chunks(fake_embedder, structures, cfg, tmp_path, quiet_logger("test"))
     assert passes == [3, 3, 3, 3, 3, 1] * 2 + [3, 3, 2]
     assert sorted(p.name for p in (tmp_path / export.CHUNK_DIR).iterdir()) == [f"chunk_0000{k}.npz" for k in range(3)]

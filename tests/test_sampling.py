@@ -18,7 +18,7 @@ def write_latents(path, n=600, dim=16, seed=0, **replace):
     y = -6.5 + 0.5 * np.tanh(z[:, 0] + 0.5 * z[:, 1] * z[:, 2]) + 0.02 * rng.normal(size=n)
     order = rng.permutation(n)
     arrays = {"z_all": z, "y_all": y, "idx_train": order[: int(0.7 * n)], "idx_val": order[int(0.7 * n): int(0.85 * n)],
-              "idx_test": order[int(0.85 * n):], "qm9_index": np.arange(1, n + 1), "config": np.array("{}")}
+              "idx_test": order[int(0.85 * n):], "structure_index": np.arange(1, n + 1), "config": np.array("{}")}
     arrays.update(replace)
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
     return path
@@ -241,15 +241,15 @@ def labelled_file(path, lines):
 def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
     latents = write_latents(tmp_path / "latents.npz")
     with np.load(latents) as npz:
-        pool, qm9_index = npz["idx_train"], npz["qm9_index"]
-    labelled = qm9_index[pool[[3, 50, 7]]]
+        pool, structure_index = npz["idx_train"], npz["structure_index"]
+    labelled = structure_index[pool[[3, 50, 7]]]
     sm.main(["--latents", str(latents), "--out-dir", str(tmp_path / "pick"), "--select", strategy, "--budget", "12",
              "--labelled", str(labelled_file(tmp_path / "done.txt", labelled)), "--seed", "4"])
     to_label = pd.read_csv(tmp_path / "pick" / "to_label.csv")
-    assert list(to_label) == ["rank", "qm9_index", "pool_row", "npz_row"]
+    assert list(to_label) == ["rank", "structure_index", "pool_row", "npz_row"]
     assert to_label["rank"].tolist() == list(range(1, 13))
     assert (to_label["npz_row"] == pool[to_label["pool_row"]]).all()
-    assert (to_label["qm9_index"] == qm9_index[to_label["npz_row"]]).all()
+    assert (to_label["structure_index"] == structure_index[to_label["npz_row"]]).all()
     z_pool = sm.selection_latents(sm.load_latents(latents), resolve_config(), torch.device("cpu"))
     expected = sm.selection.Selector(z_pool, resolve_config())(strategy, 12, 4, [3, 50, 7])
     assert to_label["pool_row"].tolist() == expected.tolist()
@@ -257,7 +257,7 @@ def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
     # once labelled, the picks are the warm start of the next round
     sm.main(["--latents", str(latents), "--out-dir", str(tmp_path / "next"), "--select", strategy, "--budget", "5",
              "--labelled", str(tmp_path / "pick" / "to_label.csv")])
-    assert not set(pd.read_csv(tmp_path / "next" / "to_label.csv")["qm9_index"]) & set(to_label["qm9_index"])
+    assert not set(pd.read_csv(tmp_path / "next" / "to_label.csv")["structure_index"]) & set(to_label["structure_index"])
 
 
 @pytest.mark.parametrize("replace, argv, message", [
@@ -291,7 +291,7 @@ def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
     ({}, ["--select", "uncertainty", "--budget", "5"], "strategy ['uncertainty']: expected one or more of"),
     ({}, ["--select", "kmeans", "--budget", "421"], "--budget 421: expected 1..420"),
     ({}, ["--select", "kmeans"], "--budget None: expected 1..420"),
-    ({"qm9_index": None}, ["--select", "kmeans", "--budget", "5"], "the latents npz has no qm9_index"),
+    ({"structure_index": None}, ["--select", "kmeans", "--budget", "5"], "the latents npz has no structure_index"),
 ])
 def test_bad_input_exits_with_one_line_before_any_output(capsys, tmp_path, replace, argv, message):
     latents = write_latents(tmp_path / "latents.npz", **replace)
@@ -341,16 +341,16 @@ def test_a_folder_holding_a_run_is_refused(capsys, tmp_path, experiment):
 
 
 @pytest.mark.parametrize("lines, message", [
-    (lambda pool: ["qm9_index", pool[0], pool[1], pool[0]], "QM9 Index values listed twice: ["),
-    (lambda pool: [pool[0], 100000], "1 QM9 Index values are not in the training pool of the npz (0 of them in its "
+    (lambda pool: ["structure_index", pool[0], pool[1], pool[0]], "structure index values listed twice: ["),
+    (lambda pool: [pool[0], 100000], "1 structure index values are not in the training pool of the npz (0 of them in its "
                                      "validation or test split), e.g. [100000]"),
-    (lambda pool: ["rank,pool_row", "1,4"], "expected a qm9_index column or one QM9 Index value a line"),
-    (lambda pool: [pool[0], "7.5"], "not a QM9 Index value"),
+    (lambda pool: ["rank,pool_row", "1,4"], "expected a structure_index column or one structure index value a line"),
+    (lambda pool: [pool[0], "7.5"], "not a structure index value"),
 ])
 def test_bad_labelled_file_exits_with_one_line_before_any_output(capsys, tmp_path, lines, message):
     latents = write_latents(tmp_path / "latents.npz")
     with np.load(latents) as npz:
-        pool = npz["qm9_index"][npz["idx_train"]].tolist()
+        pool = npz["structure_index"][npz["idx_train"]].tolist()
     out = tmp_path / "out"
     args = ["--latents", str(latents), "--out-dir", str(out), "--select", "typiclust", "--budget", "5", "--labelled",
             str(labelled_file(tmp_path / "done.csv", lines(pool)))]
@@ -361,7 +361,7 @@ def test_bad_labelled_file_exits_with_one_line_before_any_output(capsys, tmp_pat
 def test_labelled_molecules_of_the_test_split_are_named_as_such(capsys, tmp_path):
     latents = write_latents(tmp_path / "latents.npz")
     with np.load(latents) as npz:
-        test_index = npz["qm9_index"][npz["idx_test"][:2]]
+        test_index = npz["structure_index"][npz["idx_test"][:2]]
     args = ["--latents", str(latents), "--out-dir", str(tmp_path / "out"), "--select", "random", "--budget", "5",
             "--labelled", str(labelled_file(tmp_path / "done.txt", test_index))]
     assert "2 of them in its validation or test split" in expect_input_error(capsys, sm.main, args)
@@ -384,3 +384,17 @@ def test_a_column_constant_in_the_pool_cannot_blow_up_the_inputs():
     floor = 0.1 * z[:100].std(dim=0).square().mean().sqrt()
     assert float(x[150, 3]) == pytest.approx(36.0 / float(floor), rel=1e-5)  # hundreds of std, not 1e23
     torch.testing.assert_close(x[:, :3], sm.standardize(z, torch.arange(100))[0][:, :3])  # others as before
+
+
+def test_latents_files_from_before_the_property_was_named_are_read_as_qm9_homo(tmp_path, capsys):
+    old = write_latents(tmp_path / "old.npz", structure_index=None, qm9_index=np.arange(1, 601))
+    arrays = sm.load_latents(old)
+    assert (arrays["dataset"], arrays["target_name"], arrays["target_unit"]) == ("qm9", "homo", "eV")
+    np.testing.assert_array_equal(arrays["structure_index"], np.arange(1, 601))
+    named = sm.load_latents(write_latents(tmp_path / "new.npz", target_name=np.array("LCD"),
+                                          target_unit=np.array("Angstrom"), dataset=np.array("coremof")))
+    assert (named["dataset"], named["target_name"], named["target_unit"]) == ("coremof", "LCD", "Angstrom")
+    older_to_label = tmp_path / "to_label.csv"
+    pool = arrays["structure_index"][arrays["idx_train"]]
+    older_to_label.write_text(f"rank,qm9_index\n1,{pool[4]}\n2,{pool[9]}\n")
+    assert sm.read_labelled(older_to_label, arrays).tolist() == [4, 9]

@@ -20,7 +20,7 @@ import train_encoder_qm9 as tr
 import utils
 
 EPOCH_LINE = re.compile(r"epoch +(\d+)/(\d+) train ([\d.]+) val ([\d.]+) \[(?:\w+ [\d.]+ ?)+\] "
-                        r"lr [\d.e+-]+ [\d.]+ s \d+ mol/s")
+                        r"lr [\d.e+-]+ [\d.]+ s \d+ structures/s")
 
 
 def epoch_lines(run_dir):
@@ -31,17 +31,18 @@ def epoch_lines(run_dir):
 def test_run_folder_holds_everything_to_reproduce_it(small_run):
     names = {p.name for p in small_run.iterdir()}
     assert names == {"config.json", "run_info.json", "train.log", tr.BEST_ENCODER, tr.BEST_DECODER, tr.LAST,
-                     tr.LATENTS_NAME}
+                     tr.latents_name("qm9")}
     info = json.loads((small_run / "run_info.json").read_text())
     assert {"git_commit", "packages", "python"} <= set(info) and "e3nn" in info["packages"]
     assert json.loads((small_run / "config.json").read_text())["MAX_STRUCTURES"] == 300
 
 
 def test_latents_npz_keys_shapes_dtypes_and_units(small_run, qm9_arrays):
-    with np.load(small_run / tr.LATENTS_NAME, allow_pickle=False) as npz:
+    with np.load(small_run / tr.latents_name("qm9"), allow_pickle=False) as npz:
         arrays = dict(npz)
-    assert set(arrays) == {"z_all", "y_all", "idx_train", "idx_val", "idx_test", "qm9_index", "config",
-                           "latent_source"}
+    assert set(arrays) == {"z_all", "y_all", "idx_train", "idx_val", "idx_test", "structure_index", "config",
+                           "latent_source", "dataset", "target_name", "target_unit"}
+    assert (str(arrays["dataset"]), str(arrays["target_name"]), str(arrays["target_unit"])) == ("qm9", "homo", "eV")
     assert str(arrays["latent_source"]) == f"encoder after epoch {torch.load(small_run / tr.BEST_ENCODER)['epoch']}"
     assert arrays["z_all"].shape == (300, 128) and arrays["z_all"].dtype == np.float32
     assert arrays["y_all"].shape == (300,) and arrays["y_all"].dtype == np.float64
@@ -50,8 +51,8 @@ def test_latents_npz_keys_shapes_dtypes_and_units(small_run, qm9_arrays):
     assert [len(s) for s in splits] == [240, 30, 30] and all(s.dtype == np.int64 for s in splits)
     assert sorted(np.concatenate(splits).tolist()) == list(range(300))
     assert arrays["y_all"].mean() == pytest.approx(-6.5, abs=0.2)  # HOMO in eV, not Hartree
-    full_row = np.searchsorted(qm9_arrays["index"], arrays["qm9_index"])  # the cache is sorted by Index
-    np.testing.assert_array_equal(qm9_arrays["index"][full_row], arrays["qm9_index"])
+    full_row = np.searchsorted(qm9_arrays["index"], arrays["structure_index"])  # the cache is sorted by Index
+    np.testing.assert_array_equal(qm9_arrays["index"][full_row], arrays["structure_index"])
     np.testing.assert_array_equal(qm9_arrays["homo_ev"][full_row], arrays["y_all"])
     assert json.loads(str(arrays["config"]))["LATENT_DIM"] == 128
 
@@ -67,10 +68,10 @@ def test_checkpoints_load_safely_and_reproduce_the_latents(small_run, qm9_root):
     for name in (tr.BEST_ENCODER, tr.BEST_DECODER, tr.LAST):
         torch.load(small_run / name, weights_only=True)
     encoder = tr.load_encoder(small_run / tr.BEST_ENCODER)
-    cfg = tr.resolve_config({"DATA_ROOT": str(qm9_root), "MAX_STRUCTURES": 300})
-    structures = data.Structures(tr.load_structures(cfg), cfg.ATOM_TYPES, "cpu")
-    latents = tr.extract_latents(encoder, structures, batch_size=7)
-    with np.load(small_run / tr.LATENTS_NAME) as npz:
+    arrays, cfg, _ = tr.load_structures(tr.resolve_config({"DATA_ROOT": str(qm9_root), "MAX_STRUCTURES": 300}))
+    structures = data.Structures(arrays, cfg.ATOM_TYPES, "cpu")
+    latents = tr.extract_latents(encoder, structures, batch_size=7, max_atoms=cfg.BATCH_MAX_ATOMS)
+    with np.load(small_run / tr.latents_name("qm9")) as npz:
         np.testing.assert_allclose(latents, npz["z_all"], rtol=1e-5, atol=1e-5)
 
 
@@ -83,7 +84,7 @@ def test_resume_refuses_other_changes_and_missing_runs(capsys, tmp_path, small_r
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--max-molecules", "200000"], "max molecules 200000: expected 1..130831"),
+    (["--max-molecules", "200000"], "max structures 200000: expected 1..130831"),
     (["--set", "ENC_HIDDEN_IRREPS=16x0e+16x1z"], "ENC_HIDDEN_IRREPS='16x0e+16x1z': not an irreps string"),
     (["--set", "TRAIN_VAL_TEST_SPLIT=(0.7, 0.1, 0.1)"], "TRAIN_VAL_TEST_SPLIT=(0.7, 0.1, 0.1): expected three"),
     (["--set", "ATOM_TYPES=('H', 'C', 'N', 'O')"], "atomic numbers [9] that ATOM_TYPES"),
@@ -118,12 +119,12 @@ def test_data_root_that_is_a_file(capsys, tmp_path):
 
 
 def test_coincident_atoms_are_named_before_training(capsys, qm9_arrays, tmp_path):
-    arrays = data.take_molecules(qm9_arrays, np.arange(40))
+    arrays = data.take_structures(qm9_arrays, np.arange(40))
     first = arrays["n_atoms"][:7].sum()
     arrays["pos"][first + 2] = arrays["pos"][first]  # molecule 7: atom 2 onto atom 0
     np.savez(tmp_path / data.CACHE_NAME, **arrays)
     message = expect_input_error(capsys, tr.main, ["--data-root", str(tmp_path), "--out-dir", str(tmp_path / "run")])
-    assert f"molecule with QM9 Index {arrays['index'][7]}: atoms 0 and 2 (0-based) are 0 Angstrom apart" in message
+    assert f"structure with index {arrays['index'][7]}: atoms 0 and 2 (0-based) are 0 Angstrom apart" in message
     assert not (tmp_path / "run").exists()
 
 
@@ -209,12 +210,12 @@ def test_resume_refuses_fewer_epochs_and_a_finished_run(capsys, finished_run):
 
 
 def test_resume_after_a_kill_before_the_latents_only_exports_them(finished_run):
-    latents = (finished_run / tr.LATENTS_NAME).read_bytes()
-    (finished_run / tr.LATENTS_NAME).unlink()
+    latents = (finished_run / tr.latents_name("qm9")).read_bytes()
+    (finished_run / tr.latents_name("qm9")).unlink()
     last = (finished_run / tr.LAST).read_bytes()
     run_train(["--resume", "--out-dir", finished_run])
     assert (finished_run / tr.LAST).read_bytes() == last
-    with np.load(io.BytesIO(latents)) as expected, np.load(finished_run / tr.LATENTS_NAME) as got:
+    with np.load(io.BytesIO(latents)) as expected, np.load(finished_run / tr.latents_name("qm9")) as got:
         np.testing.assert_array_equal(expected["z_all"], got["z_all"])
 
 
@@ -230,7 +231,7 @@ def test_a_second_run_into_a_used_folder_is_refused(capsys, finished_run, qm9_ro
 
 
 def test_temporary_files_of_a_killed_run_are_removed(finished_run):
-    for name in (f".{tr.LAST}.4242.tmp", f".{tr.LATENTS_NAME}.4242.tmp"):
+    for name in (f".{tr.LAST}.4242.tmp", f".{tr.latents_name('qm9')}.4242.tmp"):
         (finished_run / name).write_bytes(b"half")
     run_train(["--resume", "--epochs", 4, "--out-dir", finished_run])
     assert not list(finished_run.glob(".*"))
@@ -286,26 +287,27 @@ SMALL = ["--max-molecules", 120, "--batch-size", 32]
 
 def test_zero_epochs_export_the_untrained_encoder_and_resume_into_training(qm9_root, tmp_path):
     run_train(["--data-root", qm9_root, *SMALL, "--epochs", 0, "--out-dir", tmp_path / "untrained"])
-    untrained = read_npz(tmp_path / "untrained" / tr.LATENTS_NAME)
+    untrained = read_npz(tmp_path / "untrained" / tr.latents_name("qm9"))
     assert str(untrained["latent_source"]) == "encoder after epoch 0 (untrained)"
     assert torch.load(tmp_path / "untrained" / tr.BEST_ENCODER)["epoch"] == 0
     assert "untrained encoder (ENC_EPOCHS=0): val" in (tmp_path / "untrained" / "train.log").read_text()
     run_train(["--data-root", qm9_root, *SMALL, "--epochs", 2, "--out-dir", tmp_path / "straight"])
-    trained = read_npz(tmp_path / "straight" / tr.LATENTS_NAME)
+    trained = read_npz(tmp_path / "straight" / tr.latents_name("qm9"))
     assert np.abs(trained["z_all"] - untrained["z_all"]).max() > 1e-3
     run_train(["--resume", "--epochs", 2, "--out-dir", tmp_path / "untrained"])
-    np.testing.assert_array_equal(read_npz(tmp_path / "untrained" / tr.LATENTS_NAME)["z_all"], trained["z_all"])
+    np.testing.assert_array_equal(read_npz(tmp_path / "untrained" / tr.latents_name("qm9"))["z_all"], trained["z_all"])
 
 
 def test_descriptor_latents_are_the_standardized_targets_on_the_same_split(capsys, qm9_root, tmp_path):
     run_train(["--data-root", qm9_root, *SMALL, "--descriptor-latents", "--out-dir", tmp_path / "descriptors"])
     run_train(["--data-root", qm9_root, *SMALL, "--epochs", 1, "--out-dir", tmp_path / "encoder"])
-    descriptors = read_npz(tmp_path / "descriptors" / tr.LATENTS_NAME)
-    encoder = read_npz(tmp_path / "encoder" / tr.LATENTS_NAME)
-    for key in ("y_all", "idx_train", "idx_val", "idx_test", "qm9_index"):
+    descriptors = read_npz(tmp_path / "descriptors" / tr.latents_name("qm9"))
+    encoder = read_npz(tmp_path / "encoder" / tr.latents_name("qm9"))
+    for key in ("y_all", "idx_train", "idx_val", "idx_test", "structure_index"):
         np.testing.assert_array_equal(descriptors[key], encoder[key])
-    cfg = tr.resolve_config({"DATA_ROOT": str(qm9_root), "MAX_STRUCTURES": 120})
-    targets = tr.prepare_data(cfg, torch.device("cpu")).targets
+    prepared = tr.prepare_data(tr.resolve_config({"DATA_ROOT": str(qm9_root), "MAX_STRUCTURES": 120}),
+                               torch.device("cpu"))
+    targets, cfg = prepared.targets, prepared.cfg
     np.testing.assert_array_equal(descriptors["z_all"], targets.numpy())
     assert descriptors["z_all"].shape == (120, sum(data.descriptor_sizes(cfg).values()))
     assert str(descriptors["latent_source"]) == "descriptor targets atom_counts + distance_hist + pair_hist"
