@@ -79,7 +79,7 @@ def periodic_radius_graph(pos, batch, cell, cutoff):
                                                cutoff)
         if len(target):
             order = torch.argsort(edge_sort_key(target, source, shift, count), stable=True)
-            edge_index.append(torch.stack([source[order], target[order]]).long() + first_atom)
+            edge_index.append(torch.stack([source[order], target[order]]) + first_atom)
             offsets.append(shift[order].to(pos.dtype) @ structure_cell)
     return torch.cat(edge_index, dim=1), torch.cat(offsets)
 
@@ -103,11 +103,11 @@ def neighbour_list(pos, cell, cutoff):
 
 
 def edge_sort_key(target, source, shift, num_atoms):
-    """One int64 per edge (E,) that orders edges by (target, source, shift); shift (E, 3) int64."""
+    """One int64 per edge (E,) that orders edges by (target, source, shift); all int64."""
     shift = shift - shift.min()
     span = int(shift.max()) + 1
     packed_shift = (shift[:, 0] * span + shift[:, 1]) * span + shift[:, 2]
-    return (target.long() * num_atoms + source.long()) * span**3 + packed_shift
+    return (target * num_atoms + source) * span**3 + packed_shift
 
 
 def neighbour_graph(pos, batch, cutoff, cell=None):
