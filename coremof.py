@@ -89,8 +89,9 @@ def read_table(path):
         frame = pd.read_csv(path, usecols=["filename", *PROPERTY_UNITS])
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise InputError(f"{path}: cannot read columns {['filename', *PROPERTY_UNITS]} ({err})") from None
-    if frame["filename"].duplicated().any():
-        raise InputError(f"{path}: filenames listed twice: {frame['filename'][frame['filename'].duplicated()][:5].tolist()}")
+    repeated = frame["filename"][frame["filename"].duplicated()]
+    if len(repeated):
+        raise InputError(f"{path}: filenames listed twice: {repeated[:5].tolist()}")
     try:
         properties = frame[list(PROPERTY_UNITS)].astype(np.float64)
     except ValueError as err:

@@ -185,10 +185,11 @@ def seeded_subset(arrays, max_structures, seed):
 QM9_TARGETS = {"homo": "eV"}  # TARGET name -> unit
 QM9_ATOM_TYPES = ("H", "C", "N", "O", "F")  # QM9's elements in atomic-number order: what ATOM_TYPES=None gives
 DATASET_TARGETS = {"qm9": QM9_TARGETS, "coremof": coremof.PROPERTY_UNITS}
+PERIODIC_DATASETS = ("coremof",)  # crystals: periodic graphs, per-atom descriptors, atom-averaged latents
 
 
 def check_dataset_settings(cfg):
-    """DATASET, TARGET, HIST_ELEMENTS and MAX_STRUCTURE_ATOMS that can work, before any data is read."""
+    """DATASET, TARGET and HIST_ELEMENTS that can work, before any data is read."""
     if cfg.DATASET not in DATASET_TARGETS:
         raise InputError(f"DATASET={cfg.DATASET!r}: expected one of {list(DATASET_TARGETS)}")
     targets = DATASET_TARGETS[cfg.DATASET]
@@ -198,8 +199,6 @@ def check_dataset_settings(cfg):
     unknown = [symbol for symbol in cfg.HIST_ELEMENTS if symbol not in ATOMIC_NUMBER]
     if unknown or len(set(cfg.HIST_ELEMENTS)) != len(cfg.HIST_ELEMENTS):
         raise InputError(f"HIST_ELEMENTS={tuple(cfg.HIST_ELEMENTS)}: expected distinct element symbols")
-    if cfg.MAX_STRUCTURE_ATOMS < 1:
-        raise InputError(f"MAX_STRUCTURE_ATOMS={cfg.MAX_STRUCTURE_ATOMS}: expected at least 1 atom")
 
 
 def target_unit(cfg):

@@ -126,10 +126,8 @@ def encoder_hparams(cfg, avg_num_neighbors):
             "num_layers": cfg.ENC_NUM_LAYERS, "latent_dim": cfg.LATENT_DIM, "cutoff": cfg.CUTOFF,
             "num_radial_basis": cfg.NUM_RADIAL_BASIS, "radial_hidden_dim": cfg.RADIAL_HIDDEN_DIM,
             "avg_num_neighbors": avg_num_neighbors, "readout": cfg.LATENT_READOUT,
-            "keep_vectors": cfg.DENOISE_WEIGHT > 0, "pooling": "mean" if cfg.DATASET in PERIODIC else "sum"}
-
-
-PERIODIC = ("coremof",)  # datasets of periodic crystals: averaged, not summed, over atoms
+            "keep_vectors": cfg.DENOISE_WEIGHT > 0,
+            "pooling": "mean" if cfg.DATASET in data.PERIODIC_DATASETS else "sum"}
 
 
 def decoder_hparams(cfg, out_dim):

@@ -101,7 +101,8 @@ BAD_CIFS = {
     "empty": (cif(sites=()), "no atoms"),
     "flat": (cif(cell=(6, 6, 6, 90, 90, 180)), "singular cell"),
     "unknown": (cif(sites=(("Xx", 0.1, 0.1, 0.1),)), "unknown element 'Xx'"),
-    "overlap": (cif(sites=(("C", 0.0, 0.1, 0.1), ("O", 0.99999, 0.1, 0.1))), "Angstrom apart, closer than 0.5: overlapping sites"),
+    "overlap": (cif(sites=(("C", 0.0, 0.1, 0.1), ("O", 0.99999, 0.1, 0.1))),
+                "Angstrom apart, closer than 0.5: overlapping sites"),
 }
 
 
