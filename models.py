@@ -26,7 +26,7 @@ PERIODIC_TABLE = (
 ATOMIC_NUMBER = {symbol: number for number, symbol in enumerate(PERIODIC_TABLE) if number > 0}
 
 COINCIDENT_DISTANCE = 0.01  # Angstrom; no two atoms of a real structure come this close (H-H is 0.74)
-MIN_SEARCH_RADIUS = 1.0  # Angstrom; vesin is 8 times slower at 0.01 than here (cell lists), so search this far, then filter
+MIN_SEARCH_RADIUS = 1.0  # Angstrom; vesin is 8 times slower at 0.01 than here: search this far, then filter
 POLY_CUTOFF_P = 6  # smoothness of the radial cutoff envelope (NequIP's default): C^2 at the cutoff
 
 
