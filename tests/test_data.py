@@ -268,3 +268,15 @@ def test_bond_tolerance_decides_what_counts_as_a_bond():
     methane = data.structure_descriptors(torch.tensor([1, 0, 0, 0, 0]), torch.tensor(METHANE_POS),
                                          torch.zeros(5, dtype=torch.long), 1, cfg)
     assert methane["angle_hist"].abs().max() == 0
+
+
+def test_the_default_atom_budget_never_ends_a_qm9_batch_early(qm9_arrays):
+    """QM9's largest molecules have 29 atoms: full batches of 64 and 256 stay under BATCH_MAX_ATOMS,
+    so QM9 runs batch exactly as they did before the budget existed."""
+    cfg = resolve_config(QM9)
+    structures = data.Structures(qm9_arrays, data.QM9_ATOM_TYPES, "cpu")
+    rows = torch.randperm(structures.num_molecules, generator=torch.Generator().manual_seed(0))
+    for size in (cfg.ENC_BATCH_SIZE, cfg.EVAL_BATCH_SIZE):
+        chunks = structures.batches(rows, size, cfg.BATCH_MAX_ATOMS)
+        assert [len(chunk) for chunk in chunks] == [len(chunk) for chunk in torch.split(rows, size)]
+        assert torch.equal(torch.cat(chunks), rows)
