@@ -207,7 +207,7 @@ def save_learning_curves(xs, panels, out_png, ylabel="test MAE (eV)", hline=None
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(plain)
-        ax.set_xlabel("labelled molecules N")
+        ax.set_xlabel("labelled structures N")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
