@@ -61,8 +61,9 @@ def parse_cif(text):
     if not np.isfinite(cell).all() or abs(np.linalg.det(cell)) < MIN_CELL_VOLUME:
         raise ValueError(f"singular cell (lattice {small.cell.parameters})")
     z = np.array([site.element.atomic_number for site in sites])
-    if (z < 1).any() or (z > 118).any():
-        raise ValueError(f"unknown element {sites[int(np.argmax((z < 1) | (z > 118)))].type_symbol!r}")
+    unknown = (z < 1) | (z > 118)
+    if unknown.any():
+        raise ValueError(f"unknown element {sites[int(np.argmax(unknown))].type_symbol!r}")
     pos = np.array([site.fract.tolist() for site in sites]) @ cell
     if not np.isfinite(pos).all():
         raise ValueError("non-finite coordinates")

@@ -430,7 +430,7 @@ PAIR_GROUPS = ("distance_hist", "pair_hist")  # periodic graphs hold each pair t
 
 def per_atom(groups, batch, num_structures):
     """Descriptor groups of periodic structures divided by their atoms, pair groups also by 2."""
-    atoms = torch.bincount(batch, minlength=num_structures).to(groups[next(iter(groups))].dtype)[:, None]
+    atoms = torch.bincount(batch, minlength=num_structures)[:, None]  # int: the quotient keeps each group's dtype
     return {name: group / (atoms * (2 if name in PAIR_GROUPS else 1)) for name, group in groups.items()}
 
 
