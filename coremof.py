@@ -11,7 +11,6 @@ Cache arrays (M structures, A atoms): z (A,) uint8, pos (A, 3) float32 Cartesian
 int64 (row in the CSV), name (M,) str (CSV filename), one float64 (M,) array per PROPERTY_UNITS
 key, and skipped_name, skipped_reason (S,) str.
 """
-import importlib.util
 import tarfile
 from pathlib import Path
 
@@ -21,8 +20,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from models import periodic_radius_graph
-from utils import InputError, load_npz, save_npz
+import utils
+from graphs import periodic_radius_graph
+from utils import InputError, cached_arrays, check_cache_arrays
 
 ARCHIVE, TABLE = "2019-ASR.tar.xz", "2019-ASR.csv"
 CACHE_NAME = "coremof2019_asr.npz"
@@ -38,11 +38,8 @@ TEXT_KEYS = ("name", "skipped_name", "skipped_reason")
 
 
 def wheel_data_dir():
-    """The data/ folder of the installed core-mof wheel, found without importing the package."""
-    spec = importlib.util.find_spec("CoRE_MOF")
-    if spec is None:
-        raise InputError("package core-mof is not installed: pip install -r requirements.txt")
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
+    """The data/ folder of the installed core-mof wheel."""
+    return utils.wheel_data_dir("CoRE_MOF", "core-mof")
 
 
 # --- one structure -----------------------------------------------------------------
@@ -136,12 +133,7 @@ def parse_archive(archive, table):
 
 def validate(arrays, source):
     """Check cache arrays for the keys, dtypes and consistency everything downstream assumes."""
-    missing = [key for key in [*CACHE_DTYPES, *TEXT_KEYS] if key not in arrays]
-    if missing:
-        raise InputError(f"{source}: missing arrays {missing}")
-    for key, dtype in CACHE_DTYPES.items():
-        if arrays[key].dtype != dtype:
-            raise InputError(f"{source}: array {key!r} has dtype {arrays[key].dtype}, expected {np.dtype(dtype)}")
+    check_cache_arrays(arrays, source, CACHE_DTYPES, TEXT_KEYS)
     n_atoms, count = arrays["n_atoms"], len(arrays["n_atoms"])
     per_structure = [key for key in ["cell", "index", "name", *PROPERTY_UNITS] if len(arrays[key]) != count]
     if per_structure or n_atoms.sum() != len(arrays["z"]) or arrays["pos"].shape != (len(arrays["z"]), 3) \
@@ -160,18 +152,10 @@ def validate(arrays, source):
 def load_coremof(data_root, data_dir=None):
     """Cache arrays of CoRE MOF 2019-ASR: read from `data_root`, or parsed from the wheel's files
     (or those in `data_dir`) and cached there."""
-    if Path(data_root).exists() and not Path(data_root).is_dir():
-        raise InputError(f"DATA_ROOT {data_root}: a file, expected a folder for the CoRE MOF cache")
-    cache = Path(data_root) / CACHE_NAME
-    if cache.exists():
-        try:
-            return validate(load_npz(cache, "CoRE MOF cache"), cache)
-        except InputError as err:
-            raise InputError(f"{err}; delete it to rebuild the cache from the CIFs") from None
-    source = Path(data_dir) if data_dir else wheel_data_dir()
-    missing = [str(source / name) for name in (ARCHIVE, TABLE) if not (source / name).is_file()]
-    if missing:
-        raise InputError(f"CoRE MOF files not found: {missing}")
-    arrays = validate(parse_archive(source / ARCHIVE, source / TABLE), source / ARCHIVE)
-    save_npz(cache, arrays, "CoRE MOF cache")
-    return arrays
+    def parse():
+        source = Path(data_dir) if data_dir else wheel_data_dir()
+        missing = [str(source / name) for name in (ARCHIVE, TABLE) if not (source / name).is_file()]
+        if missing:
+            raise InputError(f"CoRE MOF files not found: {missing}")
+        return validate(parse_archive(source / ARCHIVE, source / TABLE), source / ARCHIVE)
+    return cached_arrays(data_root, CACHE_NAME, "CoRE MOF cache", validate, parse, "CIFs")

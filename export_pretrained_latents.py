@@ -21,10 +21,11 @@ from tqdm import tqdm
 
 import data
 import pretrained
-import train_encoder_qm9 as encoder_script
-from utils import (InputError, add_run_arguments, atomic_path, check_new_run_dir, check_split_ratios,
-                   default_run_dir, get_device, load_npz, overrides_from_args, resolve_config, run_cli, run_folder,
-                   run_info_name, saved_config, start_run, train_val_test_split_indices)
+from cli import (add_run_arguments, check_new_run_dir, default_run_dir, overrides_from_args, resolve_config, run_cli,
+                 run_folder, run_info_name, saved_config, start_run)
+from data import load_structures
+from latents import latents_name, write_latents
+from utils import InputError, atomic_path, check_split_ratios, get_device, load_npz, train_val_test_split_indices
 
 CHUNK_DIR = "chunks"
 
@@ -132,10 +133,10 @@ def main(argv=None):
     out_dir = args.out_dir or default_run_dir(cfg, "pretrained")
     if not args.resume:
         check_new_run_dir(out_dir)
-    elif (out_dir / encoder_script.latents_name(cfg.DATASET)).is_file():
-        raise InputError(f"{out_dir}: this export has finished ({encoder_script.latents_name(cfg.DATASET)} is "
+    elif (out_dir / latents_name(cfg.DATASET)).is_file():
+        raise InputError(f"{out_dir}: this export has finished ({latents_name(cfg.DATASET)} is "
                          "written); nothing to resume")
-    arrays, cfg, _ = encoder_script.load_structures(cfg)
+    arrays, cfg, _ = load_structures(cfg)
     structures = data.Structures(arrays, cfg.ATOM_TYPES, device)
     split = train_val_test_split_indices(structures.num_molecules, cfg.TRAIN_VAL_TEST_SPLIT, cfg.SEED)
     embedder = pretrained.load_embedder(cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT, device,
@@ -152,8 +153,8 @@ def main(argv=None):
                         embedded / seconds, cfg.PRETRAINED_BATCH_SIZE, torch.get_num_threads())
         latents, energy = collect_chunks(out_dir, structures.num_molecules, cfg, embedder.dim)
         source = f"{cfg.PRETRAINED_MODEL} frozen embedding ({cfg.PRETRAINED_READOUT} readout, {embedder.dim} dims)"
-        path = out_dir / encoder_script.latents_name(cfg.DATASET)
-        encoder_script.write_latents(path, latents, arrays, split, cfg, source, model=model, model_energy_ev=energy)
+        path = out_dir / latents_name(cfg.DATASET)
+        write_latents(path, latents, arrays, split, cfg, source, model=model, model_energy_ev=energy)
         remove_chunks(out_dir)
         logger.info("wrote %s (%s); model energy per atom %.3f eV on average", path, source,
                     energy.sum() / len(arrays["z"]))

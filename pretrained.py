@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch_geometric.utils import scatter
 
-from models import radius_graph
+from graphs import radius_graph
 from utils import InputError
 
 READOUTS = ("all", "last")

@@ -20,9 +20,10 @@ import math
 
 import torch
 
-from utils import InputError
+from utils import InputError, standardize, std_floor
 
 NESTED = {"random": True, "kcenter": True, "herding": True, "kmeans": False, "typiclust": False}
+STRATEGIES = list(NESTED)
 ROW_CHUNK = 16_384  # pool rows per distance block: (ROW_CHUNK, k) floats stay well below a GB
 MEDIAN_SAMPLE = 1_000  # rows whose pairwise distances set the herding kernel width
 SEEDING_ROWS = (10_000, 20)  # k-means++ seeds from a seeded subsample of max(10,000, 20 k) rows (all if fewer)
@@ -108,8 +109,13 @@ def kcenter_greedy(z, n_samples, seed, already_selected=None):
 def median_distance(z, generator):
     """Median pairwise distance among up to MEDIAN_SAMPLE seeded rows of z: the scale of the latents."""
     rows = z[torch.randperm(len(z), generator=generator)[:MEDIAN_SAMPLE].to(z.device)]
-    upper = torch.triu_indices(len(rows), len(rows), offset=1, device=z.device)
-    return squared_distances(rows, rows)[upper[0], upper[1]].median().sqrt()
+    return pairwise_median(squared_distances(rows, rows))
+
+
+def pairwise_median(squared):
+    """The median distance over the distinct pairs of a (n, n) matrix of squared distances."""
+    upper = torch.triu_indices(len(squared), len(squared), offset=1, device=squared.device)
+    return squared[upper[0], upper[1]].median().sqrt()
 
 
 def gaussian_kernel_sum(z, centres, gamma):
@@ -316,3 +322,17 @@ class Selector:
         _, labels = self.clustering(n_samples + len(start), seed, start[:0])  # the paper: |labelled| + N clusters
         return typiclust_picks(self.z, labels, n_samples, start, self.cfg.TYPICLUST_K,
                                self.cfg.TYPICLUST_MIN_CLUSTER_SIZE)
+
+
+def standardized_latents(z, pool_rows):
+    """Latents (M, d) standardized per column with pool statistics. A column's std is at least a tenth
+    of the root-mean-square column std: a column (nearly) constant in the pool, such as a rare bin
+    of the descriptor control, would otherwise put the few molecules that differ millions of std
+    away, where an MLP head's predictions run off to 1e20 eV."""
+    return standardize(z, pool_rows, min_std=std_floor(z[pool_rows].std(dim=0)))[0]
+
+
+def selection_latents(arrays, cfg, device):
+    """The pool latents (n, d) that every strategy measures, standardized per KCENTER_STANDARDIZE."""
+    z_pool = torch.as_tensor(arrays["z_all"][arrays["idx_train"]], dtype=torch.float32, device=device)
+    return standardized_latents(z_pool, slice(None)) if cfg.KCENTER_STANDARDIZE else z_pool

@@ -14,10 +14,11 @@ from torch import nn
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
-import data
-from models import EquivGNNEncoder, PointConvolution, gate_for, radius_graph
-from sampling_mlp_experiment import new_head, train_mlp
-from train_encoder_qm9 import group_losses, weighted_total
+import descriptors
+from graphs import radius_graph
+from heads import new_head, train_mlp
+from models import EquivGNNEncoder, PointConvolution, gate_for
+from training import group_losses, weighted_total
 
 # --- structures as a list of PyG Data objects ----------------------------------------
 
@@ -89,10 +90,10 @@ def with_index_gather(encoder):
 
 
 def train_epoch_pyg(encoder, decoder, optimizer, loader, cfg, device):
-    """train_encoder_qm9.train_epoch over PyG DataLoader batches; returns the mean weighted loss (0-d tensor)."""
+    """training.train_epoch over PyG DataLoader batches; returns the mean weighted loss (0-d tensor)."""
     encoder.train()
     decoder.train()
-    sizes = data.descriptor_sizes(cfg)
+    sizes = descriptors.descriptor_sizes(cfg)
     total, seen = torch.zeros((), device=device), 0
     for batch in loader:
         batch = batch.to(device)
@@ -120,11 +121,11 @@ def latents_pyg(encoder, loader, device):
 # --- descriptors, k-center and heads ---------------------------------------------------
 
 def descriptors_per_molecule(structures, cfg):
-    """data.compute_descriptors one molecule at a time: (M, total width)."""
+    """descriptors.compute_descriptors one molecule at a time: (M, total width)."""
     rows = []
     for molecule in range(structures.num_molecules):
         atoms, batch = structures.atoms_of(torch.tensor([molecule], device=structures.z.device))
-        groups = data.structure_descriptors(structures.types[atoms], structures.pos[atoms], batch, 1, cfg)
+        groups = descriptors.structure_descriptors(structures.types[atoms], structures.pos[atoms], batch, 1, cfg)
         rows.append(torch.cat(list(groups.values()), dim=1))
     return torch.cat(rows)
 

@@ -29,11 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package modu
 
 import baselines  # noqa: E402
 import data  # noqa: E402
-import sampling_mlp_experiment as sampling  # noqa: E402
+import descriptors  # noqa: E402
+import heads  # noqa: E402
+import latents  # noqa: E402
+import qm9  # noqa: E402
 import selection  # noqa: E402
-import train_encoder_qm9 as training  # noqa: E402
+import training  # noqa: E402
+from cli import resolve_config, run_cli  # noqa: E402
 from models import EquivDecoder, EquivGNNEncoder  # noqa: E402
-from utils import get_device, resolve_config, run_cli, set_seed, standardize, write_text  # noqa: E402
+from utils import get_device, set_seed, standardize, write_text  # noqa: E402
 
 LATENT_DIM = 128  # width of the synthetic latents for k-center and the sampling grid
 QUICK_GRID = {"pool": 5_000, "val": 500, "test": 1_000, "ns": [10, 50, 200], "seeds": [0, 1], "epochs": 50}
@@ -94,10 +98,11 @@ def relative_difference(a, b):
 
 def qm9_setup(cfg, sizes, device):
     """Molecules, standardized descriptor targets (M, D) and their PyG Data list, shared by the encoder rows."""
-    arrays = data.seeded_subset(data.load_qm9(cfg.DATA_ROOT), sizes["molecules"], cfg.SEED)
+    arrays = data.seeded_subset(qm9.load_qm9(cfg.DATA_ROOT), sizes["molecules"], cfg.SEED)
     structures = data.Structures(arrays, cfg.ATOM_TYPES, device)
     rows = torch.arange(structures.num_molecules, device=device)
-    targets = data.standardize_targets(data.compute_descriptors(structures, cfg), rows, data.descriptor_sizes(cfg))[0]
+    sizes = descriptors.descriptor_sizes(cfg)
+    targets = descriptors.standardize_targets(descriptors.compute_descriptors(structures, cfg), rows, sizes)[0]
     start = time.perf_counter()
     molecules = baselines.molecule_data_list(arrays, targets.cpu(), cfg.CUTOFF)
     data_list_seconds = time.perf_counter() - start
@@ -126,7 +131,7 @@ def invariance_error(encode, pos, seed):
 
 def bench_training(setup, cfg, sizes, device):
     """Encoder + decoder training steps: index-gathered batches and the channel-wise tensor product
-    (train_encoder_qm9.train_epoch) against PyG DataLoader batches and a fully connected one."""
+    (training.train_epoch) against PyG DataLoader batches and a fully connected one."""
     rows = training.epoch_order(torch.arange(setup.structures.num_molecules, device=device), cfg.SEED, 0)
     rows = rows[:sizes["train_molecules"]]
     warm_rows = rows[:2 * cfg.ENC_BATCH_SIZE]
@@ -180,7 +185,7 @@ def bench_training(setup, cfg, sizes, device):
 
 
 def bench_gather(setup, cfg, sizes, device):
-    """train_encoder_qm9.train_epoch with index_select gathers (bit-for-bit repeatable on the CPU)
+    """training.train_epoch with index_select gathers (bit-for-bit repeatable on the CPU)
     against the same encoder, same weights, gathering with h[source]; repeats alternate the two."""
     rows = training.epoch_order(torch.arange(setup.structures.num_molecules, device=device), cfg.SEED, 0)
     rows = rows[:sizes["train_molecules"]]
@@ -235,8 +240,8 @@ def bench_descriptors(setup, cfg, sizes, device):
     """compute_descriptors in EVAL_BATCH_SIZE chunks against the same function one molecule at a time."""
     n = min(sizes["descriptor_molecules"], setup.structures.num_molecules)
     structures = data.Structures(data.take_structures(setup.arrays, np.arange(n)), cfg.ATOM_TYPES, device)
-    data.compute_descriptors(structures, cfg)
-    fast_seconds, fast = timed(lambda: data.compute_descriptors(structures, cfg), device, sizes["repeats"])
+    descriptors.compute_descriptors(structures, cfg)
+    fast_seconds, fast = timed(lambda: descriptors.compute_descriptors(structures, cfg), device, sizes["repeats"])
     base_seconds, base = timed(lambda: baselines.descriptors_per_molecule(structures, cfg), device,
                                sizes["repeats"])
     difference = relative_difference(fast, base)
@@ -319,7 +324,7 @@ def grid_inputs(grid, latents_path, seed, device, dtype):
         val = np.arange(grid["pool"], grid["pool"] + grid["val"])
         test = np.arange(grid["pool"] + grid["val"], len(z))
     else:
-        arrays = sampling.load_latents(latents_path)
+        arrays = latents.load_latents(latents_path)
         z, y = arrays["z_all"], arrays["y_all"]
         pool, test = arrays["idx_train"][:grid["pool"]], arrays["idx_test"][:grid["test"]]
         val = np.random.default_rng(seed).choice(arrays["idx_val"], min(grid["val"], len(arrays["idx_val"])),
@@ -345,13 +350,13 @@ def run_grid(grid, inputs, selections, plan, cfg, device):
     per_budget = []
     for n_labels in grid["ns"]:
         chosen = torch.stack([selections[key][:n_labels] for key in plan])
-        x, y, y_val, (mean, std) = sampling.budget_inputs(chosen, inputs)
-        fast_seconds, (params, fast_epochs, _, heads) = timed(
-            lambda: sampling.train_mlp_heads(x, y, x_val, y_val, seeds, cfg), device)
+        x, y, y_val, (mean, std) = heads.budget_inputs(chosen, inputs)
+        fast_seconds, (params, fast_epochs, _, stack) = timed(
+            lambda: heads.train_mlp_heads(x, y, x_val, y_val, seeds, cfg), device)
         base_seconds, (models, base_epochs) = timed(
             lambda: baselines.train_heads_sequential(x, y, x_val, y_val, seeds, cfg), device)
         with torch.no_grad():
-            fast = mean + std * heads.shared(params, x_test)
+            fast = mean + std * stack.shared(params, x_test)
             base = mean + std * torch.stack([model(x_test) for model in models])
         steps = head_steps(base_epochs, n_labels, cfg)
         per_budget.append({"n_labels": n_labels, "fast_seconds": fast_seconds, "baseline_seconds": base_seconds,
@@ -455,7 +460,7 @@ def run(args):
         threadpool_limits(args.threads)  # numpy's BLAS, which the sklearn baseline uses
     device = get_device(args.device)
     load_before = os.getloadavg()
-    cfg = resolve_config({"ATOM_TYPES": list(data.QM9_ATOM_TYPES)})
+    cfg = resolve_config({"ATOM_TYPES": list(qm9.QM9_ATOM_TYPES)})
     sizes = bench_sizes(args.quick, device)
     start = time.perf_counter()
     setup = qm9_setup(cfg, sizes, device)

@@ -22,9 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import coremof  # noqa: E402
-import models  # noqa: E402
-import train_encoder_qm9 as training  # noqa: E402
-from utils import get_device, resolve_config, run_cli, run_metadata, set_seed, write_text  # noqa: E402
+import graphs  # noqa: E402
+import training  # noqa: E402
+from cli import resolve_config, run_cli, run_metadata  # noqa: E402
+from utils import get_device, set_seed, write_text  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -60,7 +61,7 @@ def graph_sizes(arrays, cutoff, max_atoms):
     start = time.perf_counter()
     for first, count, cell in zip(first_atom, arrays["n_atoms"], arrays["cell"]):
         pos = torch.as_tensor(arrays["pos"][first:first + count], dtype=torch.float64)
-        edges.append(models.periodic_radius_graph(pos, torch.zeros(count, dtype=torch.long),
+        edges.append(graphs.periodic_radius_graph(pos, torch.zeros(count, dtype=torch.long),
                                                   torch.as_tensor(cell)[None], cutoff)[0].shape[1])
     seconds = time.perf_counter() - start
     edges, atoms = np.array(edges), arrays["n_atoms"]
@@ -73,8 +74,8 @@ def graph_sizes(arrays, cutoff, max_atoms):
 
 
 def timed_neighbour_lists(monkeypatched):
-    """Wrap models.periodic_radius_graph to add up its seconds in monkeypatched["seconds"]."""
-    build = models.periodic_radius_graph
+    """Wrap graphs.periodic_radius_graph to add up its seconds in monkeypatched["seconds"]."""
+    build = graphs.periodic_radius_graph
 
     def counting(*args):
         start = time.perf_counter()
@@ -97,7 +98,7 @@ def bench_training(structures_count, budget, device):
         training.decoder_hparams(cfg, prepared.targets.shape[1]), device, checkpoint=None)
     rows = torch.as_tensor(prepared.split[0], device=device)
     clock = {"seconds": 0.0}
-    models.periodic_radius_graph, original = timed_neighbour_lists(clock), models.periodic_radius_graph
+    graphs.periodic_radius_graph, original = timed_neighbour_lists(clock), graphs.periodic_radius_graph
     try:
         start = time.perf_counter()
         training.train_epoch(model, optimizer, prepared.structures, prepared.targets, rows, cfg)
@@ -106,7 +107,7 @@ def bench_training(structures_count, budget, device):
         training.extract_latents(model.encoder, prepared.structures, cfg.EVAL_BATCH_SIZE, cfg.BATCH_MAX_ATOMS)
         latent_seconds = time.perf_counter() - start
     finally:
-        models.periodic_radius_graph = original
+        graphs.periodic_radius_graph = original
     count = prepared.structures.num_molecules
     return {"batch_max_atoms": budget, "structures": count, "atoms": len(prepared.structures.z),
             "descriptor_structures_per_s": count / prepared.descriptor_seconds,

@@ -43,15 +43,16 @@ import gemmi
 import numpy as np
 import torch
 import vesin
-from vesin_torch import NeighborList as TorchNeighborList
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 from matscipy.neighbours import neighbour_list as matscipy_neighbour_list
 from pymatgen.core import Structure
 from scipy.spatial import cKDTree
+from vesin_torch import NeighborList as TorchNeighborList
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package modules live in the repo root
 
-from utils import InputError, first_line, run_cli, run_metadata, write_text  # noqa: E402
+from cli import run_cli, run_metadata  # noqa: E402
+from utils import InputError, first_line, write_text  # noqa: E402
 
 ARCHIVE = "2019-ASR.tar.xz"
 CUTOFF = 5.0  # Angstrom, neighbour lists

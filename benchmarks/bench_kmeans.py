@@ -26,9 +26,10 @@ from sklearn.cluster import KMeans
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package modules live in the repo root
 
-import sampling_mlp_experiment as sampling  # noqa: E402
+import latents  # noqa: E402
 import selection  # noqa: E402
-from utils import resolve_config, run_cli, write_text  # noqa: E402
+from cli import resolve_config, run_cli  # noqa: E402
+from utils import write_text  # noqa: E402
 
 POOL, DIM, COMPONENTS = 104_665, 128, 50
 
@@ -95,8 +96,8 @@ def main(argv=None):
     cfg = resolve_config()
     ns = args.ns or cfg.SAMPLING_NS
     if args.latents:
-        arrays = sampling.load_latents(args.latents)
-        z = sampling.selection_latents(arrays, cfg, torch.device("cpu")).numpy()
+        arrays = latents.load_latents(args.latents)
+        z = selection.selection_latents(arrays, cfg, torch.device("cpu")).numpy()
         source = str(args.latents)
     else:
         z, source = synthetic_pool(args.pool), "synthetic Gaussian mixture"

@@ -1,4 +1,4 @@
-"""What each self-supervised objective costs: encoder training steps (train_encoder_qm9.train_epoch)
+"""What each self-supervised objective costs: encoder training steps (training.train_epoch)
 for the ablation's variants on the same molecules, timed in one process with the repeats
 interleaved, so that a busy machine slows every variant alike. Prints mol/s per variant and its
 ratio to the design card's objective.
@@ -15,8 +15,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package modules live in the repo root
 
-import train_encoder_qm9 as training  # noqa: E402
-from utils import get_device, resolve_config, run_cli, set_seed  # noqa: E402
+import training  # noqa: E402
+from cli import resolve_config, run_cli  # noqa: E402
+from utils import get_device, set_seed  # noqa: E402
 
 ANGLES = {"DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "distance_hist": 1.0, "pair_hist": 1.0, "angle_hist": 1.0}}
 VARIANTS = {"base": {"LATENT_READOUT": "last"}, "readout": {}, "angles": {"LATENT_READOUT": "last", **ANGLES},

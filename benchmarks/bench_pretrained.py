@@ -18,7 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package modu
 
 import data  # noqa: E402
 import pretrained  # noqa: E402
-from utils import get_device, resolve_config, run_cli, run_metadata, write_text  # noqa: E402
+import qm9  # noqa: E402
+from cli import resolve_config, run_cli, run_metadata  # noqa: E402
+from utils import get_device, write_text  # noqa: E402
 
 PLAIN_BATCH = 32
 
@@ -62,8 +64,8 @@ def main(argv=None):
     torch.set_flush_denormal(True)  # as the export script does
     data_root = {"DATA_ROOT": args.data_root} if args.data_root else {}
     cfg = resolve_config({"MAX_STRUCTURES": args.molecules, **data_root})
-    arrays = data.seeded_subset(data.load_qm9(cfg.DATA_ROOT), cfg.MAX_STRUCTURES, cfg.SEED)
-    structures = data.Structures(arrays, data.QM9_ATOM_TYPES, device)
+    arrays = data.seeded_subset(qm9.load_qm9(cfg.DATA_ROOT), cfg.MAX_STRUCTURES, cfg.SEED)
+    structures = data.Structures(arrays, qm9.QM9_ATOM_TYPES, device)
     split = np.cumsum(arrays["n_atoms"])[:-1]
     molecules = list(zip(np.split(arrays["z"], split), np.split(arrays["pos"].astype(np.float64), split)))
     embedder = pretrained.load_embedder("sevennet-0", "all", device)

@@ -32,11 +32,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package modules live in the repo root
 
 import data  # noqa: E402
+import qm9  # noqa: E402
 import selection  # noqa: E402
-from sampling_mlp_experiment import (check_plan, load_latents, regression_metrics, summarize,  # noqa: E402
-                                     write_csv)
-from utils import (InputError, add_run_arguments, default_run_dir, get_device, overrides_from_args,  # noqa: E402
-                   resolve_config, run_cli, run_folder, start_run)
+from cli import (add_run_arguments, default_run_dir, overrides_from_args, resolve_config, run_cli,  # noqa: E402
+                 run_folder, start_run)
+from evaluation import check_plan, regression_metrics, summarize  # noqa: E402
+from latents import load_latents  # noqa: E402
+from utils import InputError, get_device, write_csv  # noqa: E402
 
 HEAD = "fchl19_krr"
 ELEMENTS = (1, 6, 7, 8, 9)  # QM9's H, C, N, O and F: every molecule's features share one layout
@@ -197,7 +199,7 @@ def held_out(arrays, rows, cache_of_row, cache, device):
 
 def run_benchmark(cfg, arrays, ns, out_dir, device, logger):
     clock = time.perf_counter()
-    cache = data.load_qm9(cfg.DATA_ROOT)
+    cache = qm9.load_qm9(cfg.DATA_ROOT)
     cache_of_row = cache_rows(cache, arrays["structure_index"])
     val_rows = validation_rows(arrays, cfg)
     val = held_out(arrays, val_rows, cache_of_row, cache, device)

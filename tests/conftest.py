@@ -1,6 +1,7 @@
 """Shared fixtures: the QM9 cache (built once per session from the installed qm9pack CSVs),
 small molecules with known geometry, and a run of the encoder script on a few molecules."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import data  # noqa: E402
+import cli  # noqa: E402
+import qm9  # noqa: E402
 import train_encoder_qm9  # noqa: E402
-import utils  # noqa: E402
 
 # Methane: C at the origin, four H on alternate cube corners, C-H = 1.09 Angstrom.
 CH_BOND = 1.09
@@ -32,13 +33,13 @@ HH_DISTANCE = CH_BOND * np.sqrt(8 / 3)
 def qm9_root(tmp_path_factory):
     """A DATA_ROOT holding the QM9 cache, parsed once from the qm9pack CSVs."""
     root = tmp_path_factory.mktemp("qm9")
-    data.load_qm9(root)
+    qm9.load_qm9(root)
     return root
 
 
 @pytest.fixture(scope="session")
 def qm9_arrays(qm9_root):
-    return data.load_qm9(qm9_root)
+    return qm9.load_qm9(qm9_root)
 
 
 def random_molecules(sizes, generator, atomic_numbers=(1, 6, 7, 8, 9)):
@@ -72,9 +73,9 @@ def small_run(qm9_root, tmp_path_factory):
 
 
 def expect_input_error(capsys, fn, *args):
-    """Run fn through utils.run_cli; check exit status 2 and a one-line message; return the message."""
+    """Run fn through cli.run_cli; check exit status 2 and a one-line message; return the message."""
     with pytest.raises(SystemExit) as exit_info:
-        utils.run_cli(lambda: fn(*args))
+        cli.run_cli(lambda: fn(*args))
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith("error: ")
@@ -97,3 +98,25 @@ def assert_same_tensors(expected, got, where):
     assert expected.keys() == got.keys(), where
     for name, tensor in expected.items():
         assert torch.equal(tensor, got[name]), f"{where}: {name} differs"
+
+
+EPOCH_LINE = re.compile(r"epoch +(\d+)/(\d+) train ([\d.]+) val ([\d.]+) \[(?:\w+ [\d.]+ ?)+\] "
+                        r"lr [\d.e+-]+ [\d.]+ s \d+ structures/s")
+
+
+def epoch_lines(run_dir):
+    return [EPOCH_LINE.search(line) for line in (run_dir / "train.log").read_text().splitlines()
+            if EPOCH_LINE.search(line)]
+
+
+def write_synthetic_latents(path, n=600, dim=16, seed=0, **replace):
+    """A small latents npz whose y (eV) is a smooth function of the latents plus noise."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, dim)).astype(np.float32)
+    y = -6.5 + 0.5 * np.tanh(z[:, 0] + 0.5 * z[:, 1] * z[:, 2]) + 0.02 * rng.normal(size=n)
+    order = rng.permutation(n)
+    arrays = {"z_all": z, "y_all": y, "idx_train": order[: int(0.7 * n)], "idx_val": order[int(0.7 * n): int(0.85 * n)],
+              "idx_test": order[int(0.85 * n):], "structure_index": np.arange(1, n + 1), "config": np.array("{}")}
+    arrays.update(replace)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path

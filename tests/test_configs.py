@@ -4,21 +4,25 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import random_molecules, run_train
-from test_sampling import write_latents
 
-import data
+import cli
+import descriptors
+import latents
+import models
+import qm9
 import sampling_mlp_experiment as sm
 import selection
 import train_encoder_qm9 as tr
-from utils import default_config, resolve_config
+import training
+from cli import default_config, resolve_config
+from conftest import random_molecules, run_train, write_synthetic_latents
 
 ENCODER_MODEL = {"ATOM_TYPES": ("H", "C", "N", "O", "F", "S"), "ENC_HIDDEN_IRREPS": "8x0e + 8x1o",
                  "ENC_NUM_LAYERS": 2, "CUTOFF": 3.0, "NUM_RADIAL_BASIS": 4, "RADIAL_HIDDEN_DIM": 16, "LATENT_DIM": 32,
                  "LATENT_READOUT": "last"}
 DESCRIPTORS = {"DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "pair_hist": 1.0}, "DIST_HIST_RANGE": (1.0, 4.0),
                "DIST_HIST_BINS": 20, "PAIR_HIST_RANGE": (1.0, 2.5), "PAIR_HIST_BINS": 12, "HIST_ELEMENTS": ("H", "C")}
-QM9_TYPES = {"ATOM_TYPES": data.QM9_ATOM_TYPES}  # ATOM_TYPES=None would read them from a dataset
+QM9_TYPES = {"ATOM_TYPES": qm9.QM9_ATOM_TYPES}  # ATOM_TYPES=None would read them from a dataset
 ANGLES_ON = {"DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "angle_hist": 1.0}}
 ANGLE_DESCRIPTORS = {"BOND_TOLERANCE": 1.01, "ANGLE_HIST_RANGE": (90.0, 150.0), "ANGLE_HIST_BINS": 13}
 ENCODER_RUN = {"ENC_LR": 3e-3, "ENC_BATCH_SIZE": 8, "ENC_EPOCHS": 2, "SEED": 1, "TRAIN_VAL_TEST_SPLIT": (0.6, 0.2, 0.2),
@@ -48,7 +52,7 @@ def test_every_constant_has_a_behaviour_test():
 
 def encoder_output(cfg):
     torch.manual_seed(0)
-    encoder = tr.EquivGNNEncoder(**tr.encoder_hparams(cfg, avg_num_neighbors=6.0))
+    encoder = models.EquivGNNEncoder(**training.encoder_hparams(cfg, avg_num_neighbors=6.0))
     z, pos, batch = random_molecules([6, 9], torch.Generator().manual_seed(0))
     return encoder(z, pos.float(), batch).detach()
 
@@ -60,17 +64,18 @@ def test_encoder_settings_change_the_latent(name):
     assert before.shape != after.shape or not torch.allclose(before, after)
 
 
-def descriptors(cfg):
+def methane_descriptors(cfg):
     from conftest import METHANE_POS
     pos = torch.tensor(METHANE_POS)
-    return data.structure_descriptors(torch.tensor([1, 0, 0, 0, 0]), pos, torch.zeros(5, dtype=torch.long), 1, cfg)
+    types = torch.tensor([1, 0, 0, 0, 0])
+    return descriptors.structure_descriptors(types, pos, torch.zeros(5, dtype=torch.long), 1, cfg)
 
 
 @pytest.mark.parametrize("name, value, base", [*((name, value, {}) for name, value in DESCRIPTORS.items()),
                                                *((name, value, ANGLES_ON) for name, value in ANGLE_DESCRIPTORS.items())])
 def test_descriptor_settings_change_the_targets(name, value, base):
-    before = torch.cat(list(descriptors(resolve_config({**QM9_TYPES, **base})).values()), dim=1)
-    after = torch.cat(list(descriptors(resolve_config({**QM9_TYPES, **base, name: value})).values()), dim=1)
+    before = torch.cat(list(methane_descriptors(resolve_config({**QM9_TYPES, **base})).values()), dim=1)
+    after = torch.cat(list(methane_descriptors(resolve_config({**QM9_TYPES, **base, name: value})).values()), dim=1)
     assert before.shape != after.shape or not torch.allclose(before, after)
 
 
@@ -79,7 +84,7 @@ TINY_RUN = ["--max-molecules", 60, "--epochs", 1, "--batch-size", 16, "--set", "
 
 def tiny_run(qm9_root, out, *extra):
     run_train(["--data-root", qm9_root, "--out-dir", out, *TINY_RUN, *extra])
-    with np.load(out / tr.latents_name("qm9")) as npz:
+    with np.load(out / latents.latents_name("qm9")) as npz:
         return dict(npz)
 
 
@@ -97,21 +102,21 @@ def test_training_settings_change_the_latents_or_split(name, qm9_root, tmp_path,
 
 
 def test_denoise_sigma_sets_the_size_of_the_displacements(qm9_root, tmp_path):
-    latents = [tiny_run(qm9_root, tmp_path / str(sigma), "--set", "DENOISE_WEIGHT=1.0", "--set",
+    written = [tiny_run(qm9_root, tmp_path / str(sigma), "--set", "DENOISE_WEIGHT=1.0", "--set",
                         f"DENOISE_SIGMA={sigma}")["z_all"] for sigma in (0.04, 0.2)]
-    assert not np.array_equal(*latents)
+    assert not np.array_equal(*written)
 
 
 def test_eval_batch_size_sets_the_no_grad_batches(qm9_root, tmp_path, monkeypatch):
     sizes = []
-    encode = tr.EquivGNNEncoder.encode
+    encode = models.EquivGNNEncoder.encode
 
     def recording_encode(self, z, pos, batch, cell=None):
         if not torch.is_grad_enabled():
             sizes.append(int(batch.max()) + 1)
         return encode(self, z, pos, batch, cell)
 
-    monkeypatch.setattr(tr.EquivGNNEncoder, "encode", recording_encode)
+    monkeypatch.setattr(models.EquivGNNEncoder, "encode", recording_encode)
     tiny_run(qm9_root, tmp_path / "a", "--set", "EVAL_BATCH_SIZE=7")
     assert max(sizes) == 7 and sum(sizes) > 60
 
@@ -127,10 +132,10 @@ def test_compile_changes_how_the_layers_run_not_what_they_compute(qm9_root, tmp_
 
 
 def test_data_root_and_output_dir_choose_the_folders(tmp_path, capsys, qm9_root):
-    (tmp_path / data.CACHE_NAME).write_bytes(b"not a cache")
+    (tmp_path / qm9.CACHE_NAME).write_bytes(b"not a cache")
     with pytest.raises(SystemExit):
-        tr.run_cli(lambda: tr.main(["--set", f"DATA_ROOT={str(tmp_path)!r}"]))
-    assert f"{tmp_path / data.CACHE_NAME}: not an npz archive" in capsys.readouterr().err
+        cli.run_cli(lambda: tr.main(["--set", f"DATA_ROOT={str(tmp_path)!r}"]))
+    assert f"{tmp_path / qm9.CACHE_NAME}: not an npz archive" in capsys.readouterr().err
     tr.main(["--set", f"DATA_ROOT={str(qm9_root)!r}", "--set", f"OUTPUT_DIR={str(tmp_path / 'runs')!r}",
              "--max-molecules", "40", "--epochs", "1"])
     assert [p.name[:8] for p in (tmp_path / "runs").iterdir()] == ["encoder_"]
@@ -139,7 +144,7 @@ def test_data_root_and_output_dir_choose_the_folders(tmp_path, capsys, qm9_root)
 def test_plateau_settings_decide_when_the_learning_rate_drops():
     def learning_rates(overrides):
         cfg = resolve_config(overrides)
-        optimizer, scheduler = tr.make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))], torch.device("cpu"))
+        optimizer, scheduler = training.make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))], torch.device("cpu"))
         rates = []
         for _ in range(8):
             scheduler.step(1.0)  # a validation loss that never improves
@@ -165,7 +170,7 @@ def skewed_latents(tmp_path_factory):
     """Latents whose dimensions have very different scales, so standardizing them moves the k-center picks."""
     folder = tmp_path_factory.mktemp("latents")
     z = np.random.default_rng(0).normal(size=(600, 16)).astype(np.float32) * np.logspace(-2, 2, 16, dtype=np.float32)
-    return write_latents(folder / "latents.npz", z_all=z)
+    return write_synthetic_latents(folder / "latents.npz", z_all=z)
 
 
 @pytest.fixture(scope="module")

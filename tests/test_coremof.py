@@ -9,13 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import expect_input_error, run_train
 
 import coremof
 import data
+import latents
+import qm9
 import sampling_mlp_experiment as sm
 import train_encoder_qm9 as tr
-from utils import InputError, resolve_config
+import training
+from cli import resolve_config
+from conftest import expect_input_error, run_train
+from utils import InputError
 
 CELL_KEYS = ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")
 
@@ -167,7 +171,7 @@ def mof_run(mof_root, tmp_path_factory):
 
 
 def test_the_encoder_trains_on_crystals_and_names_the_property(mof_run):
-    with np.load(mof_run / tr.latents_name("coremof")) as npz:
+    with np.load(mof_run / latents.latents_name("coremof")) as npz:
         arrays = dict(npz)
     assert (str(arrays["dataset"]), str(arrays["target_name"]), str(arrays["target_unit"])) == \
         ("coremof", "AV_VF", "void fraction")
@@ -176,17 +180,17 @@ def test_the_encoder_trains_on_crystals_and_names_the_property(mof_run):
     log = (mof_run / "train.log").read_text()
     assert "coremof: structures 39" in log and "1 structures above MAX_STRUCTURE_ATOMS=20 left out" in log
     assert "ATOM_TYPES H C O Zn" in log and "histogram classes H C O other" in log
-    assert torch.load(mof_run / tr.BEST_ENCODER)["hparams"]["pooling"] == "mean"
+    assert torch.load(mof_run / training.BEST_ENCODER)["hparams"]["pooling"] == "mean"
 
 
 def test_the_sampling_script_reads_the_property_from_the_npz(mof_run, tmp_path):
-    latents = mof_run / tr.latents_name("coremof")
-    sm.main(["--latents", str(latents), "--out-dir", str(tmp_path / "sampling"), "--ns", "5", "10", "--seeds", "0",
+    npz = mof_run / latents.latents_name("coremof")
+    sm.main(["--latents", str(npz), "--out-dir", str(tmp_path / "sampling"), "--ns", "5", "10", "--seeds", "0",
              "1", "--strategies", "random", "kcenter", "--heads", "krr"])
     log = (tmp_path / "sampling" / "sampling.log").read_text()
     assert "target AV_VF (void fraction)" in log and "summary (MAE in void fraction;" in log
     assert len(pd.read_csv(tmp_path / "sampling" / "summary.csv")) == 4
-    sm.main(["--latents", str(latents), "--out-dir", str(tmp_path / "select"), "--select", "kmeans", "--budget", "4"])
+    sm.main(["--latents", str(npz), "--out-dir", str(tmp_path / "select"), "--select", "kmeans", "--budget", "4"])
     to_label = pd.read_csv(tmp_path / "select" / "to_label.csv")
     assert list(to_label) == ["rank", "structure_index", "structure_name", "pool_row", "npz_row"]
     assert to_label["structure_name"].str.startswith("MOF").all()
@@ -197,7 +201,7 @@ def test_target_chooses_the_labels(mof_root, tmp_path):
     for target in ("AV_VF", "PLD"):
         run_train(["--data-root", mof_root, "--out-dir", tmp_path / target, "--descriptor-latents", *MOF_RUN[:2],
                    "--target", target])
-        with np.load(tmp_path / target / tr.latents_name("coremof")) as npz:
+        with np.load(tmp_path / target / latents.latents_name("coremof")) as npz:
             labels[target] = npz["y_all"]
     assert not np.array_equal(labels["AV_VF"], labels["PLD"])
 
@@ -217,7 +221,7 @@ def test_bad_settings_for_crystals_are_one_line_errors(mof_root, tmp_path, capsy
 
 
 def test_dataset_atom_types_default_to_the_elements_of_the_data(mof_root, qm9_arrays):
-    assert data.dataset_atom_types(None, qm9_arrays) == data.QM9_ATOM_TYPES
+    assert data.dataset_atom_types(None, qm9_arrays) == qm9.QM9_ATOM_TYPES
     mofs = data.load_dataset(resolve_config({"DATA_ROOT": str(mof_root), "DATASET": "coremof", "TARGET": "PLD"}))
     assert data.dataset_atom_types(None, mofs) == ("H", "C", "O", "Zn")
     assert data.dataset_atom_types(("C", "H"), mofs) == ("C", "H")

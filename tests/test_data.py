@@ -3,20 +3,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CH_BOND, HH_DISTANCE, METHANE_POS
 
 import data
-from utils import InputError, resolve_config
+import descriptors
+import qm9
+from cli import resolve_config
+from conftest import CH_BOND, HH_DISTANCE, METHANE_POS
+from utils import InputError
 
-QM9 = {"ATOM_TYPES": data.QM9_ATOM_TYPES}  # what ATOM_TYPES=None reads from the QM9 cache
+QM9 = {"ATOM_TYPES": qm9.QM9_ATOM_TYPES}  # what ATOM_TYPES=None reads from the QM9 cache
 
 WATER = ("['O','H','H']", "[[0.,0.,0.1173],[0.,0.7572,-0.4692],[0.,-0.7572,-0.4692]]")
 
 
 def write_csv_parts(folder, rows_per_part):
     """qm9pack-like CSV parts; each row is (index, n_atoms, elements, xyz, homo_au)."""
-    for name, rows in zip(data.QM9_CSV_FILES, rows_per_part):
-        frame = pd.DataFrame(rows, columns=data.QM9_COLUMNS)
+    for name, rows in zip(qm9.QM9_CSV_FILES, rows_per_part):
+        frame = pd.DataFrame(rows, columns=qm9.QM9_COLUMNS)
         frame["SMILES"] = "C"
         frame.to_csv(folder / name, index=False)
     return folder
@@ -28,7 +31,7 @@ def good_parts():
 
 
 def test_parses_mathematica_exponents_bare_dots_and_units(tmp_path):
-    arrays = data.parse_qm9_csvs(write_csv_parts(tmp_path, good_parts()))
+    arrays = qm9.parse_qm9_csvs(write_csv_parts(tmp_path, good_parts()))
     assert arrays["z"].tolist() == [8, 1, 1, 6, 8, 9]
     assert arrays["n_atoms"].tolist() == [3, 2, 1]
     assert arrays["index"].tolist() == [1, 2, 3]
@@ -48,7 +51,7 @@ def test_bad_csv_rows_name_the_file_and_molecule(tmp_path, row, message):
     parts = good_parts()
     parts[1] = [row]
     with pytest.raises(InputError, match=message) as err:
-        data.parse_qm9_csvs(write_csv_parts(tmp_path, parts))
+        qm9.parse_qm9_csvs(write_csv_parts(tmp_path, parts))
     assert "qm9_part2.csv" in str(err.value)
 
 
@@ -56,39 +59,39 @@ def test_non_finite_coordinates_are_rejected(tmp_path):
     parts = good_parts()
     parts[2] = [(3, 1, "['F']", "[[nan,1.,0]]", -0.4)]
     with pytest.raises(InputError, match="non-finite coordinates \\(Index \\[3\\]\\)"):
-        data.load_qm9(tmp_path / "root", csv_dir=write_csv_parts(tmp_path, parts))
-    assert not (tmp_path / "root" / data.CACHE_NAME).exists()
+        qm9.load_qm9(tmp_path / "root", csv_dir=write_csv_parts(tmp_path, parts))
+    assert not (tmp_path / "root" / qm9.CACHE_NAME).exists()
 
 
 def test_missing_csv_part_and_missing_columns(tmp_path):
     write_csv_parts(tmp_path, good_parts())
     (tmp_path / "qm9_part3.csv").unlink()
     with pytest.raises(InputError, match="qm9_part3.csv"):
-        data.parse_qm9_csvs(tmp_path)
+        qm9.parse_qm9_csvs(tmp_path)
     pd.DataFrame({"Index": [1]}).to_csv(tmp_path / "qm9_part3.csv", index=False)
     with pytest.raises(InputError, match="qm9_part3.csv: cannot read QM9 columns"):
-        data.parse_qm9_csvs(tmp_path)
+        qm9.parse_qm9_csvs(tmp_path)
 
 
 def test_cache_is_written_once_and_reloaded(tmp_path):
     csv_dir = write_csv_parts(tmp_path, good_parts())
-    built = data.load_qm9(tmp_path / "root", csv_dir=csv_dir)
-    for part in data.QM9_CSV_FILES:
+    built = qm9.load_qm9(tmp_path / "root", csv_dir=csv_dir)
+    for part in qm9.QM9_CSV_FILES:
         (csv_dir / part).unlink()  # a second load must not need the CSVs
-    loaded = data.load_qm9(tmp_path / "root")
-    for key, dtype in data.CACHE_DTYPES.items():
+    loaded = qm9.load_qm9(tmp_path / "root")
+    for key, dtype in qm9.CACHE_DTYPES.items():
         assert loaded[key].dtype == dtype
         np.testing.assert_array_equal(loaded[key], built[key])
 
 
 def test_corrupt_or_incomplete_cache_is_an_input_error(tmp_path):
-    cache = tmp_path / data.CACHE_NAME
+    cache = tmp_path / qm9.CACHE_NAME
     cache.write_bytes(b"PK\x03\x04 this is not a zip archive")
     with pytest.raises(InputError, match=f"{cache}: damaged QM9 cache"):
-        data.load_qm9(tmp_path)
+        qm9.load_qm9(tmp_path)
     np.savez(cache, z=np.zeros(3, np.uint8))
     with pytest.raises(InputError, match="missing arrays"):
-        data.load_qm9(tmp_path)
+        qm9.load_qm9(tmp_path)
 
 
 def test_real_qm9_matches_the_published_facts(qm9_arrays):
@@ -110,7 +113,7 @@ def test_seeded_subset(qm9_arrays):
     np.testing.assert_array_equal(first["index"], again["index"])
     assert set(first["index"]) != set(other["index"])
     assert len(first["z"]) == first["n_atoms"].sum()
-    data.validate_structures(first, "subset")
+    qm9.validate_structures(first, "subset")
     for bad in (0, 130_832):
         with pytest.raises(InputError, match=f"max structures {bad}: expected 1..130831"):
             data.seeded_subset(qm9_arrays, bad, seed=0)
@@ -146,7 +149,7 @@ def test_descriptors_of_methane_match_a_hand_computation():
     cfg = resolve_config(QM9)
     types = torch.tensor([1, 0, 0, 0, 0])  # rows of ATOM_TYPES: C, H, H, H, H
     pos = torch.tensor(METHANE_POS, dtype=torch.float64)
-    groups = data.structure_descriptors(types, pos, torch.zeros(5, dtype=torch.long), 1, cfg)
+    groups = descriptors.structure_descriptors(types, pos, torch.zeros(5, dtype=torch.long), 1, cfg)
     assert groups["atom_counts"].tolist() == [[4, 1, 0, 0, 0]]
     distances = [CH_BOND] * 4 + [HH_DISTANCE] * 6
     np.testing.assert_allclose(groups["distance_hist"][0].numpy(),
@@ -168,7 +171,7 @@ def test_descriptors_of_water_in_a_batch_with_methane():
     types = torch.tensor([3, 0, 0, 1, 0, 0, 0, 0])  # O H H, then methane
     pos = torch.tensor(np.vstack([water, METHANE_POS + 10.0]), dtype=torch.float64)
     batch = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])
-    groups = data.structure_descriptors(types, pos, batch, 2, cfg)
+    groups = descriptors.structure_descriptors(types, pos, batch, 2, cfg)
     oh, hh = np.linalg.norm(water[1] - water[0]), np.linalg.norm(water[1] - water[2])
     assert groups["atom_counts"][0].tolist() == [2, 0, 0, 1, 0]
     pair_hist = groups["pair_hist"][0].reshape(15, cfg.PAIR_HIST_BINS).numpy()
@@ -182,7 +185,7 @@ def test_descriptors_of_water_in_a_batch_with_methane():
 def test_descriptor_groups_are_checked():
     cfg = resolve_config({**QM9, "DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "bond_angles": 1.0}})
     with pytest.raises(InputError, match="DESCRIPTOR_WEIGHTS keys"):
-        data.descriptor_sizes(cfg)
+        descriptors.descriptor_sizes(cfg)
 
 
 def test_target_standardization_floors_nearly_empty_columns():
@@ -190,7 +193,7 @@ def test_target_standardization_floors_nearly_empty_columns():
     common = torch.randn(1000, 2, generator=generator) * 3.0
     rare = torch.zeros(1000, 1)
     rare[17] = 1.0  # one molecule in a thousand has this pair
-    standardized, mean, std = data.standardize_targets(torch.cat([common, rare], dim=1), torch.arange(1000),
+    standardized, mean, std = descriptors.standardize_targets(torch.cat([common, rare], dim=1), torch.arange(1000),
                                                        {"distance_hist": 3})
     group_rms = float(torch.cat([common, rare], dim=1).std(dim=0).square().mean().sqrt())
     assert std[2] == pytest.approx(0.1 * group_rms)
@@ -210,7 +213,8 @@ def test_angle_targets_of_methane_and_water_match_a_hand_computation():
     cfg = resolve_config({**QM9, **WITH_ANGLES})
     bins = (cfg.ANGLE_HIST_RANGE, cfg.ANGLE_HIST_BINS)
     tetrahedral = np.degrees(np.arccos(-1 / 3))  # 109.47: the six H-C-H angles of methane
-    methane = data.structure_descriptors(torch.tensor([1, 0, 0, 0, 0]), torch.tensor(METHANE_POS, dtype=torch.float64),
+    methane = descriptors.structure_descriptors(torch.tensor([1, 0, 0, 0, 0]),
+                                                torch.tensor(METHANE_POS, dtype=torch.float64),
                                          torch.zeros(5, dtype=torch.long), 1, cfg)
     rows = angle_rows(methane, cfg)
     np.testing.assert_allclose(rows[1, 0], smeared([tetrahedral] * 6, *bins), atol=1e-9)  # centre C, pair (H, H)
@@ -220,7 +224,8 @@ def test_angle_targets_of_methane_and_water_match_a_hand_computation():
     water = np.array([[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]])
     u, v = water[1] - water[0], water[2] - water[0]
     hoh = np.degrees(np.arccos(u @ v / np.linalg.norm(u) / np.linalg.norm(v)))  # 104.5
-    groups = data.structure_descriptors(torch.tensor([3, 0, 0]), torch.tensor(water), torch.zeros(3, dtype=torch.long),
+    groups = descriptors.structure_descriptors(torch.tensor([3, 0, 0]), torch.tensor(water),
+                                               torch.zeros(3, dtype=torch.long),
                                         1, cfg)
     rows = angle_rows(groups, cfg)
     np.testing.assert_allclose(rows[3, 0], smeared([hoh], *bins), atol=1e-9)  # centre O, pair (H, H)
@@ -235,7 +240,7 @@ def test_angle_targets_resolve_the_element_triplet():
     pos = torch.tensor([[0.0, 0.0, 0.0], [1.43, 0.0, 0.0], [1.75, 0.9, 0.0], [-0.36, 1.03, 0.0],
                         [-0.36, -0.51, 0.89], [-0.36, -0.51, -0.89]], dtype=torch.float64)
     types = torch.tensor([1, 3, 0, 0, 0, 0])  # C O H H H H
-    rows = angle_rows(data.structure_descriptors(types, pos, torch.zeros(6, dtype=torch.long), 1, cfg), cfg)
+    rows = angle_rows(descriptors.structure_descriptors(types, pos, torch.zeros(6, dtype=torch.long), 1, cfg), cfg)
     counts = rows.sum(axis=2) / rows.sum(axis=2).max() * 3  # the H-C-H row holds three angles, the most
     expected = np.zeros((5, 15))
     expected[1, 0] = 3  # H-C-H
@@ -245,27 +250,28 @@ def test_angle_targets_resolve_the_element_triplet():
 
 
 def test_descriptors_invariant_to_rotation_reflection_translation_and_order():
-    from conftest import random_molecules
     from e3nn import o3
+
+    from conftest import random_molecules
     cfg = resolve_config({**QM9, "DESCRIPTOR_WEIGHTS": {"atom_counts": 1.0, "distance_hist": 1.0, "pair_hist": 1.0,
                                                  "angle_hist": 1.0}})
     z, pos, batch = random_molecules([7, 12, 5], torch.Generator().manual_seed(5))
     types = torch.searchsorted(torch.tensor([1, 6, 7, 8, 9]), z)  # rows of ATOM_TYPES
-    reference = data.structure_descriptors(types, pos, batch, 3, cfg)
+    reference = descriptors.structure_descriptors(types, pos, batch, 3, cfg)
     assert reference["angle_hist"].sum() > 0
     generator = torch.Generator().manual_seed(6)
     order = torch.randperm(len(z), generator=generator)
     order = order[torch.argsort(batch[order], stable=True)]  # shuffled atoms, molecules still contiguous
     for rotation in (o3.rand_matrix(dtype=torch.float64), -o3.rand_matrix(dtype=torch.float64)):
         moved = pos[order] @ rotation.T + torch.randn(3, generator=generator, dtype=torch.float64) * 5
-        groups = data.structure_descriptors(types[order], moved, batch[order], 3, cfg)
+        groups = descriptors.structure_descriptors(types[order], moved, batch[order], 3, cfg)
         for name, values in groups.items():
             np.testing.assert_allclose(values.numpy(), reference[name].numpy(), atol=1e-9, err_msg=name)
 
 
 def test_bond_tolerance_decides_what_counts_as_a_bond():
     cfg = resolve_config({**QM9, **WITH_ANGLES, "BOND_TOLERANCE": 1.01})  # C-H is 1.09, 1.02 times the radii
-    methane = data.structure_descriptors(torch.tensor([1, 0, 0, 0, 0]), torch.tensor(METHANE_POS),
+    methane = descriptors.structure_descriptors(torch.tensor([1, 0, 0, 0, 0]), torch.tensor(METHANE_POS),
                                          torch.zeros(5, dtype=torch.long), 1, cfg)
     assert methane["angle_hist"].abs().max() == 0
 
@@ -274,7 +280,7 @@ def test_the_default_atom_budget_never_ends_a_qm9_batch_early(qm9_arrays):
     """QM9's largest molecules have 29 atoms: full batches of 64 and 256 stay under BATCH_MAX_ATOMS,
     so QM9 runs batch exactly as they did before the budget existed."""
     cfg = resolve_config(QM9)
-    structures = data.Structures(qm9_arrays, data.QM9_ATOM_TYPES, "cpu")
+    structures = data.Structures(qm9_arrays, qm9.QM9_ATOM_TYPES, "cpu")
     rows = torch.randperm(structures.num_molecules, generator=torch.Generator().manual_seed(0))
     for size in (cfg.ENC_BATCH_SIZE, cfg.EVAL_BATCH_SIZE):
         chunks = structures.batches(rows, size, cfg.BATCH_MAX_ATOMS)

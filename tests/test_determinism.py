@@ -2,12 +2,15 @@
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_tensors, run_train
-from test_train_encoder import epoch_lines
 
+import cli
 import data
-import train_encoder_qm9 as tr
-from models import EquivGNNEncoder, radius_graph
+import latents
+import qm9
+import training
+from conftest import assert_same_tensors, epoch_lines, run_train
+from graphs import radius_graph
+from models import EquivGNNEncoder
 
 
 def encoder_gradients(encoder, inputs):
@@ -19,21 +22,21 @@ def encoder_gradients(encoder, inputs):
 def test_encoder_gradients_repeat_bit_for_bit(qm9_arrays, busy_cores):
     """Edges in random order, so that many threads add into the same atoms at once: a reduction
     whose order follows thread timing shows up here within a few repeats."""
-    cfg = tr.resolve_config({"ATOM_TYPES": list(data.QM9_ATOM_TYPES)})
+    cfg = cli.resolve_config({"ATOM_TYPES": list(qm9.QM9_ATOM_TYPES)})
     structures = data.Structures(data.seeded_subset(qm9_arrays, 128, seed=0), cfg.ATOM_TYPES, "cpu")
     z, pos, batch, _ = structures.gather(torch.arange(128))
     edge_index = radius_graph(pos, batch, cfg.CUTOFF)
     edge_index = edge_index[:, torch.randperm(edge_index.shape[1], generator=torch.Generator().manual_seed(0))]
     torch.manual_seed(0)
-    encoder = EquivGNNEncoder(**tr.encoder_hparams(cfg, avg_num_neighbors=10.0))
+    encoder = EquivGNNEncoder(**training.encoder_hparams(cfg, avg_num_neighbors=10.0))
     first = encoder_gradients(encoder, (z, pos, edge_index, batch))
     for repeat in range(5):
         assert_same_tensors(first, encoder_gradients(encoder, (z, pos, edge_index, batch)), f"repeat {repeat}")
 
 
 def last_and_latents(run_dir):
-    with np.load(run_dir / tr.latents_name("qm9")) as npz:
-        return torch.load(run_dir / tr.LAST, weights_only=True), npz["z_all"]
+    with np.load(run_dir / latents.latents_name("qm9")) as npz:
+        return torch.load(run_dir / training.LAST, weights_only=True), npz["z_all"]
 
 
 def assert_same_run(expected_dir, got_dir):
@@ -66,7 +69,7 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(qm9_root, tmp_p
     run_train(["--data-root", qm9_root, *COMMON, *objective, "--epochs", 2, "--out-dir", tmp_path / "interrupted"])
     run_train(["--resume", "--epochs", 4, "--out-dir", tmp_path / "interrupted"])
     assert_same_run(tmp_path / "straight", tmp_path / "interrupted")
-    straight = torch.load(tmp_path / "straight" / tr.LAST, weights_only=True)
-    resumed = torch.load(tmp_path / "interrupted" / tr.LAST, weights_only=True)
+    straight = torch.load(tmp_path / "straight" / training.LAST, weights_only=True)
+    resumed = torch.load(tmp_path / "interrupted" / training.LAST, weights_only=True)
     assert straight["optimizer"]["param_groups"][0]["lr"] == resumed["optimizer"]["param_groups"][0]["lr"]
     assert [int(m.group(1)) for m in epoch_lines(tmp_path / "interrupted")] == [1, 2, 3, 4]

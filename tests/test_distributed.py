@@ -11,10 +11,9 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, assert_same_tensors, run_train
-from test_train_encoder import epoch_lines
 
-import train_encoder_qm9 as tr
+import training
+from conftest import ROOT, assert_same_tensors, epoch_lines, run_train
 
 SCRIPT = str(ROOT / "train_encoder_qm9.py")
 # 160 training molecules: ten whole batches of 16, so no batch is skipped for having fewer molecules than ranks
@@ -37,7 +36,7 @@ def torchrun(argv, processes=2):
 
 
 def weights(run_dir):
-    return torch.load(run_dir / tr.LAST, weights_only=True)
+    return torch.load(run_dir / training.LAST, weights_only=True)
 
 
 def assert_close_weights(expected, got, rtol):
@@ -87,7 +86,7 @@ def start_ranks(argv, timeout_seconds):
 
 
 def wait_for_training(run_dir, ranks):
-    while not (run_dir / tr.LAST).exists():
+    while not (run_dir / training.LAST).exists():
         assert all(rank.poll() is None for rank in ranks), ranks[0].stderr.read()[-2000:]
         time.sleep(0.1)
 

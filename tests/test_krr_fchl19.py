@@ -14,7 +14,9 @@ import selection
 import utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import cli  # noqa: E402
 import krr_fchl19 as krr  # noqa: E402
+import latents  # noqa: E402
 
 COLUMNS = ["head", "strategy", "n_labels", "seed", "mae", "rmse", "r2", "p95_abs_error", "max_abs_error",
            "fit_seconds", "val_mae", "fchl_sigma", "fchl_ridge"]
@@ -33,9 +35,9 @@ def small_npz(qm9_arrays, tmp_path_factory):
 
 
 def test_picks_are_the_sampling_scripts_random_picks(small_npz, tmp_path):
-    arrays = sm.load_latents(small_npz)
-    cfg = utils.resolve_config({"SAMPLING_SEEDS": [0, 1, 2]})
-    selector = selection.Selector(sm.selection_latents(arrays, cfg, torch.device("cpu")), cfg)
+    arrays = latents.load_latents(small_npz)
+    cfg = cli.resolve_config({"SAMPLING_SEEDS": [0, 1, 2]})
+    selector = selection.Selector(selection.selection_latents(arrays, cfg, torch.device("cpu")), cfg)
     theirs = sm.select_all(selector, [("random", seed) for seed in cfg.SAMPLING_SEEDS], [10, 40], arrays["idx_train"],
                            tmp_path, utils.get_logger("test_krr"))
     for seed in cfg.SAMPLING_SEEDS:
@@ -45,8 +47,8 @@ def test_picks_are_the_sampling_scripts_random_picks(small_npz, tmp_path):
 
 
 def test_validation_rows_are_the_sampling_scripts(small_npz):
-    arrays = sm.load_latents(small_npz)
-    cfg = utils.resolve_config({"MLP_VAL_SIZE": 20})
+    arrays = latents.load_latents(small_npz)
+    cfg = cli.resolve_config({"MLP_VAL_SIZE": 20})
     val_labels = sm.experiment_inputs(arrays, cfg, torch.device("cpu"))["val"][1]
     rows = krr.validation_rows(arrays, cfg)
     assert torch.equal(val_labels, torch.as_tensor(arrays["y_all"][rows], dtype=torch.float32))
@@ -80,7 +82,7 @@ def test_without_qmllib_the_script_says_so_in_one_line(monkeypatch, capsys, tmp_
     monkeypatch.setitem(sys.modules, "qmllib", None)  # an import of a module set to None raises ImportError
     monkeypatch.setitem(sys.modules, "qmllib.representations", None)
     with pytest.raises(SystemExit) as exit_info:
-        utils.run_cli(lambda: krr.main(["--latents", str(tmp_path / "latents_qm9.npz"), "--out-dir",
+        cli.run_cli(lambda: krr.main(["--latents", str(tmp_path / "latents_qm9.npz"), "--out-dir",
                                         str(tmp_path / "out")]))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err

@@ -1,10 +1,11 @@
 """Symmetry, graph construction and the property head."""
 import pytest
 import torch
-from conftest import random_molecules
 from e3nn import o3
 
-from models import EquivDecoder, EquivGNNEncoder, ResidualMLP, VectorHead, radius_graph
+from conftest import random_molecules
+from graphs import radius_graph
+from models import EquivDecoder, EquivGNNEncoder, ResidualMLP, VectorHead
 from utils import InputError
 
 ATOM_TYPES = ("H", "C", "N", "O", "F")

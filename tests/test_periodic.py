@@ -9,9 +9,13 @@ import torch
 from e3nn import o3
 
 import data
-import train_encoder_qm9 as tr
-from models import EquivGNNEncoder, periodic_radius_graph
-from utils import resolve_config
+import descriptors
+import graphs
+import qm9
+import training
+from cli import resolve_config
+from graphs import periodic_radius_graph
+from models import EquivGNNEncoder
 
 CUTOFF = 3.0
 CELLS = {
@@ -79,7 +83,7 @@ def crystal_encoder(**overrides):
     cfg = resolve_config({"ATOM_TYPES": TYPES, "DATASET": "coremof", "TARGET": "AV_VF", "CUTOFF": CUTOFF,
                           "ENC_HIDDEN_IRREPS": "8x0e + 8x1o + 8x1e", "LATENT_DIM": 16, **overrides})
     torch.manual_seed(0)
-    return EquivGNNEncoder(**tr.encoder_hparams(cfg, avg_num_neighbors=10.0)).double().eval()
+    return EquivGNNEncoder(**training.encoder_hparams(cfg, avg_num_neighbors=10.0)).double().eval()
 
 
 def encode(encoder, z, pos, cell):
@@ -114,9 +118,10 @@ def test_a_supercell_has_the_descriptors_and_latent_of_its_unit_cell():
     z2, pos2 = torch.cat([z, z]), torch.cat([pos, pos + cell[0]])
     cfg = resolve_config({"ATOM_TYPES": TYPES, "HIST_ELEMENTS": ("H", "C", "O"), "DESCRIPTOR_WEIGHTS": {
         "atom_counts": 1.0, "distance_hist": 1.0, "pair_hist": 1.0, "angle_hist": 1.0}, "BOND_TOLERANCE": 2.5})
-    types = data.type_index_table(TYPES)
-    unit = data.structure_descriptors(types[z], pos, torch.zeros(6, dtype=torch.long), 1, cfg, cell[None])
-    supercell = data.structure_descriptors(types[z2], pos2, torch.zeros(12, dtype=torch.long), 1, cfg, doubled[None])
+    types = graphs.type_index_table(TYPES)
+    unit = descriptors.structure_descriptors(types[z], pos, torch.zeros(6, dtype=torch.long), 1, cfg, cell[None])
+    supercell = descriptors.structure_descriptors(types[z2], pos2, torch.zeros(12, dtype=torch.long), 1, cfg,
+                                                  doubled[None])
     for name in unit:
         assert unit[name].abs().sum() > 0, name
         torch.testing.assert_close(supercell[name], unit[name], rtol=1e-10, atol=1e-12, msg=name)
@@ -133,7 +138,7 @@ def test_periodic_pair_histogram_counts_each_pair_once_per_atom():
     cfg = resolve_config({"ATOM_TYPES": ("H",), "DESCRIPTOR_WEIGHTS": {"distance_hist": 1.0},
                           "DIST_HIST_RANGE": (1.0, 3.0), "DIST_HIST_BINS": 201})
     cell = 2.0 * torch.eye(3, dtype=torch.float64)
-    hist = data.structure_descriptors(torch.zeros(1, dtype=torch.long), torch.zeros(1, 3, dtype=torch.float64),
+    hist = descriptors.structure_descriptors(torch.zeros(1, dtype=torch.long), torch.zeros(1, 3, dtype=torch.float64),
                                       torch.zeros(1, dtype=torch.long), 1, cfg, cell[None])["distance_hist"][0]
     centres = torch.linspace(1.0, 3.0, 201, dtype=torch.float64)
     width = 0.01
@@ -153,8 +158,8 @@ def test_batches_end_at_the_atom_budget():
 
 
 def test_histogram_classes_keep_hist_elements_and_pool_the_rest():
-    names, class_of_type = data.histogram_classes(("H", "C", "Zn", "O", "Cu"), ("H", "C", "N", "O"))
+    names, class_of_type = descriptors.histogram_classes(("H", "C", "Zn", "O", "Cu"), ("H", "C", "N", "O"))
     assert names == ["H", "C", "O", "other"]
     assert class_of_type.tolist() == [0, 1, 3, 2, 3]
-    names, class_of_type = data.histogram_classes(data.QM9_ATOM_TYPES, ("H", "C", "N", "O", "F"))
-    assert names == list(data.QM9_ATOM_TYPES) and class_of_type.tolist() == [0, 1, 2, 3, 4]  # QM9: no "other"
+    names, class_of_type = descriptors.histogram_classes(qm9.QM9_ATOM_TYPES, ("H", "C", "N", "O", "F"))
+    assert names == list(qm9.QM9_ATOM_TYPES) and class_of_type.tolist() == [0, 1, 2, 3, 4]  # QM9: no "other"

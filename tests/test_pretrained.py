@@ -7,13 +7,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import expect_input_error
 from e3nn import o3
 
 import data
 import export_pretrained_latents as export
+import latents
 import pretrained
-import sampling_mlp_experiment as sm
+from conftest import expect_input_error
 from utils import InputError, quiet_logger, train_val_test_split_indices
 
 pytest.importorskip("sevenn", reason="optional: pip install -r requirements-pretrained.txt")
@@ -180,12 +180,12 @@ def exported(qm9_root, tmp_path_factory):
 
 
 def test_export_writes_the_latents_format_on_the_encoders_split(exported, qm9_arrays):
-    arrays = sm.load_latents(exported / "latents_qm9.npz")
+    arrays = latents.load_latents(exported / "latents_qm9.npz")
     subset = data.seeded_subset(qm9_arrays, 40, 0)
     assert arrays["z_all"].shape == (40, 640) and arrays["z_all"].dtype == np.float32
     np.testing.assert_array_equal(arrays["y_all"], subset["homo_ev"])
     np.testing.assert_array_equal(arrays["structure_index"], subset["index"])
-    for key, rows in zip(sm.INDEX_KEYS, train_val_test_split_indices(40, (0.8, 0.1, 0.1), 0)):
+    for key, rows in zip(latents.INDEX_KEYS, train_val_test_split_indices(40, (0.8, 0.1, 0.1), 0)):
         np.testing.assert_array_equal(arrays[key], rows)
     assert "sevennet-0" in str(arrays["latent_source"]) and '"dim": 640' in str(arrays["config"])
     assert not (exported / export.CHUNK_DIR).exists()

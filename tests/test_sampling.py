@@ -3,26 +3,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import expect_input_error
 from scipy import stats
 from scipy.spatial.distance import cdist, pdist
 
+import evaluation
+import heads
+import latents
+import plots
 import sampling_mlp_experiment as sm
-from utils import resolve_config
-
-
-def write_latents(path, n=600, dim=16, seed=0, **replace):
-    """A small latents npz whose y (eV) is a smooth function of the latents plus noise."""
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=(n, dim)).astype(np.float32)
-    y = -6.5 + 0.5 * np.tanh(z[:, 0] + 0.5 * z[:, 1] * z[:, 2]) + 0.02 * rng.normal(size=n)
-    order = rng.permutation(n)
-    arrays = {"z_all": z, "y_all": y, "idx_train": order[: int(0.7 * n)], "idx_val": order[int(0.7 * n): int(0.85 * n)],
-              "idx_test": order[int(0.85 * n):], "structure_index": np.arange(1, n + 1), "config": np.array("{}")}
-    arrays.update(replace)
-    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
-    return path
-
+import selection
+import utils
+from cli import resolve_config
+from conftest import expect_input_error, write_synthetic_latents
 
 # --- heads ----------------------------------------------------------------------------
 
@@ -44,10 +36,10 @@ def test_batched_heads_equal_heads_trained_one_by_one(patience):
     cfg = resolve_config({**SMALL_HEADS, "MLP_PATIENCE": patience})
     seeds = [0, 1, 2]
     x, y, x_val, y_val = head_data(3, 40)
-    best, best_epoch, best_mae, heads = sm.train_mlp_heads(x, y, x_val, y_val, seeds, cfg)
-    batched = heads.shared(best, x_val)
+    best, best_epoch, best_mae, stack = heads.train_mlp_heads(x, y, x_val, y_val, seeds, cfg)
+    batched = stack.shared(best, x_val)
     for h, seed in enumerate(seeds):
-        model, epoch = sm.train_mlp(sm.new_head(seed, 6, cfg).double(), x[h], y[h], x_val, y_val[h], cfg, seed)
+        model, epoch = heads.train_mlp(heads.new_head(seed, 6, cfg).double(), x[h], y[h], x_val, y_val[h], cfg, seed)
         assert epoch == int(best_epoch[h])
         with torch.no_grad():
             torch.testing.assert_close(batched[h], model(x_val), rtol=1e-9, atol=1e-9)
@@ -60,12 +52,12 @@ def test_early_stopping_restores_the_best_validation_weights(monkeypatch):
     x, y, x_val, _ = head_data(1, 40)
     y_val = -(torch.sin(x_val[:, 0]) + 0.3 * x_val[:, 1])  # fitting the training set only hurts here
     epochs_run = []
-    draw = sm.epoch_batches
-    monkeypatch.setattr(sm, "epoch_batches", lambda *args: epochs_run.append(1) or draw(*args))
-    model, best_epoch = sm.train_mlp(sm.new_head(0, 6, cfg).double(), x[0], y[0], x_val, y_val, cfg, seed=0)
+    draw = heads.epoch_batches
+    monkeypatch.setattr(heads, "epoch_batches", lambda *args: epochs_run.append(1) or draw(*args))
+    model, best_epoch = heads.train_mlp(heads.new_head(0, 6, cfg).double(), x[0], y[0], x_val, y_val, cfg, seed=0)
     assert len(epochs_run) == best_epoch + cfg.MLP_PATIENCE < cfg.MLP_EPOCHS  # it stopped, patience epochs on
     best_only = resolve_config({**SMALL_HEADS, "MLP_EPOCHS": best_epoch})
-    reference, _ = sm.train_mlp(sm.new_head(0, 6, cfg).double(), x[0], y[0], x_val, y_val, best_only, seed=0)
+    reference, _ = heads.train_mlp(heads.new_head(0, 6, cfg).double(), x[0], y[0], x_val, y_val, best_only, seed=0)
     for name, tensor in reference.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0)
 
@@ -74,7 +66,7 @@ def test_kernel_ridge_head_equals_the_closed_form_solve():
     generator = torch.Generator().manual_seed(0)
     x, x_val = torch.randn(30, 3, generator=generator), torch.randn(40, 3, generator=generator)
     y, y_val = torch.sin(x[:, 0]) + 0.1 * torch.randn(30, generator=generator), torch.sin(x_val[:, 0])
-    model = sm.krr_fit(x, y, x_val, y_val, widths=[0.7], ridges=[0.05])
+    model = heads.krr_fit(x, y, x_val, y_val, widths=[0.7], ridges=[0.05])
     x, y = x.double(), y.double()
     median = np.median(pdist(x.numpy()))
     gamma = 1 / (2 * (0.7 * median) ** 2)
@@ -82,7 +74,7 @@ def test_kernel_ridge_head_equals_the_closed_form_solve():
     alpha = np.linalg.solve(kernel + 0.05 * np.eye(30), y.numpy())
     np.testing.assert_allclose(model["alpha"].numpy(), alpha, rtol=1e-8, atol=1e-10)
     expected = np.exp(-gamma * cdist(x_val.double().numpy(), x.numpy()) ** 2) @ alpha
-    np.testing.assert_allclose(sm.krr_predict(model, x_val).numpy(), expected, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(heads.krr_predict(model, x_val).numpy(), expected, rtol=1e-8, atol=1e-10)
 
 
 def test_kernel_ridge_keeps_the_width_and_ridge_with_the_lowest_validation_mae():
@@ -90,39 +82,41 @@ def test_kernel_ridge_keeps_the_width_and_ridge_with_the_lowest_validation_mae()
     x, x_val = torch.randn(50, 4, generator=generator), torch.randn(60, 4, generator=generator)
     y, y_val = x[:, 0] ** 2 + 0.3 * torch.randn(50, generator=generator), x_val[:, 0] ** 2
     widths, ridges = [0.2, 1.0, 5.0], [1e-4, 1e-1, 10.0]
-    val_mae = {(w, r): float((sm.krr_predict(sm.krr_fit(x, y, x_val, y_val, [w], [r]), x_val) - y_val).abs().mean())
+    val_mae = {(w, r): float((heads.krr_predict(heads.krr_fit(x, y, x_val, y_val, [w], [r]), x_val) - y_val)
+                             .abs().mean())
                for w in widths for r in ridges}
-    best = sm.krr_fit(x, y, x_val, y_val, widths, ridges)
+    best = heads.krr_fit(x, y, x_val, y_val, widths, ridges)
     assert (best["width"], best["ridge"]) == min(val_mae, key=val_mae.get)
     assert best["val_mae"] == pytest.approx(min(val_mae.values()))
 
 
 def test_holm_adjustment_by_hand():
     # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> raised to 0.06
-    adjusted = sm.holm([0.01, 0.04, np.nan, 0.03, 0.005])
+    adjusted = evaluation.holm([0.01, 0.04, np.nan, 0.03, 0.005])
     np.testing.assert_allclose(adjusted, [0.03, 0.06, np.nan, 0.06, 0.02])
-    assert sm.holm([0.6, 0.9]).tolist() == [1.0, 1.0]
+    assert evaluation.holm([0.6, 0.9]).tolist() == [1.0, 1.0]
 
 
 def test_label_efficiency_interpolates_in_log_log():
     ns, random_mae = np.array([10, 100, 1000]), np.array([0.4, 0.2, 0.1])
-    assert sm.label_efficiency(ns, random_mae, 0.2) == pytest.approx(100)
-    assert sm.label_efficiency(ns, random_mae, np.sqrt(0.4 * 0.2)) == pytest.approx(np.sqrt(10 * 100))
-    assert np.isnan(sm.label_efficiency(ns, random_mae, 0.05))
-    assert np.isnan(sm.label_efficiency(ns, random_mae, 0.5))
+    assert evaluation.label_efficiency(ns, random_mae, 0.2) == pytest.approx(100)
+    assert evaluation.label_efficiency(ns, random_mae, np.sqrt(0.4 * 0.2)) == pytest.approx(np.sqrt(10 * 100))
+    assert np.isnan(evaluation.label_efficiency(ns, random_mae, 0.05))
+    assert np.isnan(evaluation.label_efficiency(ns, random_mae, 0.5))
 
 
 # --- the script ------------------------------------------------------------------------
 
 QUICK = ["--ns", "10", "40", "150", "--seeds", "0", "1", "2", "--set", "MLP_EPOCHS=80", "--set", "MLP_PATIENCE=10",
          "--set", "MLP_HIDDEN_DIM=64"]
-STRATEGIES = sm.STRATEGIES
+STRATEGIES = selection.STRATEGIES
 
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sampling")
-    sm.main(["--latents", str(write_latents(folder / "latents.npz")), "--out-dir", str(folder / "out"), *QUICK])
+    npz = write_synthetic_latents(folder / "latents.npz")
+    sm.main(["--latents", str(npz), "--out-dir", str(folder / "out"), *QUICK])
     return folder / "out"
 
 
@@ -151,7 +145,7 @@ def test_every_output_is_written_with_complete_rows(experiment):
 
 def test_heads_beat_the_mean_predictor(experiment, tmp_path):
     results = pd.read_csv(experiment / "results_all.csv")
-    with np.load(write_latents(tmp_path / "same.npz")) as npz:
+    with np.load(write_synthetic_latents(tmp_path / "same.npz")) as npz:
         y_train, y_test = npz["y_all"][npz["idx_train"]], npz["y_all"][npz["idx_test"]]
     mean_predictor = np.abs(y_test - y_train.mean()).mean()
     for head, frame in results[results["n_labels"] == 150].groupby("head"):
@@ -179,7 +173,8 @@ def test_summary_equals_a_hand_computation(experiment):
                 assert row["mae_diff_se"] == pytest.approx(se)
                 p_values[strategy, n] = 2 * stats.t.sf(abs(diff.mean() / se), df=2)
                 assert row["p_value_paired_t"] == pytest.approx(p_values[strategy, n])
-                expected_n = sm.label_efficiency(random_curve.index.to_numpy(), random_curve.to_numpy(), k.mean())
+                expected_n = evaluation.label_efficiency(random_curve.index.to_numpy(), random_curve.to_numpy(),
+                                                         k.mean())
                 assert row["random_n_equivalent"] == pytest.approx(expected_n, nan_ok=True)
                 assert row["label_efficiency"] == pytest.approx(expected_n / n, nan_ok=True)
         ranked = sorted(p_values, key=p_values.get)  # Holm over this head's 12 comparisons
@@ -193,7 +188,8 @@ def test_summary_equals_a_hand_computation(experiment):
 def test_same_seed_same_numbers_under_load(experiment, tmp_path, busy_cores):
     """Every number but the measured fit time repeats bit for bit; summary.csv holds no time, so it
     repeats byte for byte."""
-    sm.main(["--latents", str(write_latents(tmp_path / "latents.npz")), "--out-dir", str(tmp_path / "again"), *QUICK])
+    npz = write_synthetic_latents(tmp_path / "latents.npz")
+    sm.main(["--latents", str(npz), "--out-dir", str(tmp_path / "again"), *QUICK])
     first = pd.read_csv(experiment / "results_all.csv").drop(columns="fit_seconds")
     again = pd.read_csv(tmp_path / "again" / "results_all.csv").drop(columns="fit_seconds")
     pd.testing.assert_frame_equal(first, again, check_exact=True)
@@ -216,17 +212,17 @@ def test_reference_curves_come_from_another_runs_summary(experiment, tmp_path):
     older = tmp_path / "old_summary.csv"  # a run from before heads had names: MLP heads, no p95
     summary.drop(columns=["head", "p95_abs_error_mean"]).head(3).to_csv(older, index=False)
     assert list(sm.load_reference(older)) == [("mlp", "herding")]
-    panels = sm.reference_panels({"old": sm.load_reference(older)}, ["mlp", "krr"], 2)
-    assert panels == {sm.HEAD_TITLES["mlp"]: {}, sm.HEAD_TITLES["krr"]: {}}
+    panels = plots.reference_panels({"old": sm.load_reference(older)}, ["mlp", "krr"], 2)
+    assert panels == {plots.HEAD_TITLES["mlp"]: {}, plots.HEAD_TITLES["krr"]: {}}
     classical = tmp_path / "classical" / "summary.csv"  # another model's curve: drawn in every panel
     classical.parent.mkdir()
     summary.assign(head="fchl19_krr").head(2).to_csv(classical, index=False)
     references = sm.load_references([str(experiment / "summary.csv"), f"kernel={classical}"])
     assert list(references) == [experiment.name, "kernel"]
-    panels = sm.reference_panels(references, ["krr"], 1)
-    assert set(panels[sm.HEAD_TITLES["krr"]]) == {*((experiment.name, sm.CURVE_LABELS[s]) for s in STRATEGIES),
-                                                  ("kernel (fchl19_krr)", sm.CURVE_LABELS["herding"])}
-    sm.main(["--latents", str(write_latents(tmp_path / "latents.npz")), "--out-dir", str(tmp_path / "out"), "--ns",
+    panels = plots.reference_panels(references, ["krr"], 1)
+    assert set(panels[plots.HEAD_TITLES["krr"]]) == {*((experiment.name, plots.CURVE_LABELS[s]) for s in STRATEGIES),
+                                                  ("kernel (fchl19_krr)", plots.CURVE_LABELS["herding"])}
+    sm.main(["--latents", str(write_synthetic_latents(tmp_path / "latents.npz")), "--out-dir", str(tmp_path / "out"), "--ns",
              "10", "20", "--seeds", "0", "1", "--strategies", "random", "herding", "--heads", "krr", "--reference",
              str(experiment / "summary.csv"), f"kernel={classical}"])
     assert (tmp_path / "out" / "curve_mae.png").exists()
@@ -239,23 +235,23 @@ def labelled_file(path, lines):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
-    latents = write_latents(tmp_path / "latents.npz")
-    with np.load(latents) as npz:
+    latents_path = write_synthetic_latents(tmp_path / "latents.npz")
+    with np.load(latents_path) as npz:
         pool, structure_index = npz["idx_train"], npz["structure_index"]
     labelled = structure_index[pool[[3, 50, 7]]]
-    sm.main(["--latents", str(latents), "--out-dir", str(tmp_path / "pick"), "--select", strategy, "--budget", "12",
+    sm.main(["--latents", str(latents_path), "--out-dir", str(tmp_path / "pick"), "--select", strategy, "--budget", "12",
              "--labelled", str(labelled_file(tmp_path / "done.txt", labelled)), "--seed", "4"])
     to_label = pd.read_csv(tmp_path / "pick" / "to_label.csv")
     assert list(to_label) == ["rank", "structure_index", "pool_row", "npz_row"]
     assert to_label["rank"].tolist() == list(range(1, 13))
     assert (to_label["npz_row"] == pool[to_label["pool_row"]]).all()
     assert (to_label["structure_index"] == structure_index[to_label["npz_row"]]).all()
-    z_pool = sm.selection_latents(sm.load_latents(latents), resolve_config(), torch.device("cpu"))
+    z_pool = selection.selection_latents(latents.load_latents(latents_path), resolve_config(), torch.device("cpu"))
     expected = sm.selection.Selector(z_pool, resolve_config())(strategy, 12, 4, [3, 50, 7])
     assert to_label["pool_row"].tolist() == expected.tolist()
     assert "pool percentile" in (tmp_path / "pick" / "selection.log").read_text()
     # once labelled, the picks are the warm start of the next round
-    sm.main(["--latents", str(latents), "--out-dir", str(tmp_path / "next"), "--select", strategy, "--budget", "5",
+    sm.main(["--latents", str(latents_path), "--out-dir", str(tmp_path / "next"), "--select", strategy, "--budget", "5",
              "--labelled", str(tmp_path / "pick" / "to_label.csv")])
     assert not set(pd.read_csv(tmp_path / "next" / "to_label.csv")["structure_index"]) & set(to_label["structure_index"])
 
@@ -294,9 +290,9 @@ def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
     ({"structure_index": None}, ["--select", "kmeans", "--budget", "5"], "the latents npz has no structure_index"),
 ])
 def test_bad_input_exits_with_one_line_before_any_output(capsys, tmp_path, replace, argv, message):
-    latents = write_latents(tmp_path / "latents.npz", **replace)
+    npz = write_synthetic_latents(tmp_path / "latents.npz", **replace)
     out = tmp_path / "out"
-    args = ["--latents", str(latents), "--out-dir", str(out), *argv]
+    args = ["--latents", str(npz), "--out-dir", str(out), *argv]
     if argv[:1] == ["--latents"]:
         args = [*argv, "--out-dir", str(out)]
     assert message in expect_input_error(capsys, sm.main, args)
@@ -315,7 +311,7 @@ def test_not_an_npz_is_named_as_such(capsys, tmp_path):
 
 def test_split_indices_of_any_integer_type_work(tmp_path):
     uint16_split = {key: rows.astype(np.uint16) for key, rows in SPLIT.items()}
-    arrays = sm.load_latents(write_latents(tmp_path / "latents.npz", **uint16_split))
+    arrays = latents.load_latents(write_synthetic_latents(tmp_path / "latents.npz", **uint16_split))
     assert all(arrays[key].dtype == np.int64 for key in SPLIT)
     np.testing.assert_array_equal(arrays["idx_test"], SPLIT["idx_test"])
     sm.main(["--latents", str(tmp_path / "latents.npz"), "--out-dir", str(tmp_path / "out"), "--ns", "10",
@@ -324,7 +320,7 @@ def test_split_indices_of_any_integer_type_work(tmp_path):
 
 
 def test_heads_that_never_improve_are_an_error_not_a_result(capsys, tmp_path):
-    message = expect_input_error(capsys, sm.main, ["--latents", str(write_latents(tmp_path / "latents.npz")),
+    message = expect_input_error(capsys, sm.main, ["--latents", str(write_synthetic_latents(tmp_path / "latents.npz")),
                                                    "--out-dir", str(tmp_path / "out"), "--ns", "10", "--seeds", "0",
                                                    "--mlp-lr", "1e30", "--set", "MLP_EPOCHS=3", "--strategies",
                                                    "random", "kcenter"])
@@ -334,7 +330,7 @@ def test_heads_that_never_improve_are_an_error_not_a_result(capsys, tmp_path):
 
 def test_a_folder_holding_a_run_is_refused(capsys, tmp_path, experiment):
     before = {p.name: p.read_bytes() for p in experiment.iterdir()}
-    message = expect_input_error(capsys, sm.main, ["--latents", str(write_latents(tmp_path / "latents.npz")),
+    message = expect_input_error(capsys, sm.main, ["--latents", str(write_synthetic_latents(tmp_path / "latents.npz")),
                                                    "--out-dir", str(experiment), *QUICK])
     assert f"{experiment}: already holds files of a run; choose another --out-dir" in message
     assert {p.name: p.read_bytes() for p in experiment.iterdir()} == before
@@ -348,30 +344,30 @@ def test_a_folder_holding_a_run_is_refused(capsys, tmp_path, experiment):
     (lambda pool: [pool[0], "7.5"], "not a structure index value"),
 ])
 def test_bad_labelled_file_exits_with_one_line_before_any_output(capsys, tmp_path, lines, message):
-    latents = write_latents(tmp_path / "latents.npz")
-    with np.load(latents) as npz:
+    latents_path = write_synthetic_latents(tmp_path / "latents.npz")
+    with np.load(latents_path) as npz:
         pool = npz["structure_index"][npz["idx_train"]].tolist()
     out = tmp_path / "out"
-    args = ["--latents", str(latents), "--out-dir", str(out), "--select", "typiclust", "--budget", "5", "--labelled",
+    args = ["--latents", str(latents_path), "--out-dir", str(out), "--select", "typiclust", "--budget", "5", "--labelled",
             str(labelled_file(tmp_path / "done.csv", lines(pool)))]
     assert message in expect_input_error(capsys, sm.main, args)
     assert not out.exists()
 
 
 def test_labelled_molecules_of_the_test_split_are_named_as_such(capsys, tmp_path):
-    latents = write_latents(tmp_path / "latents.npz")
-    with np.load(latents) as npz:
+    latents_path = write_synthetic_latents(tmp_path / "latents.npz")
+    with np.load(latents_path) as npz:
         test_index = npz["structure_index"][npz["idx_test"][:2]]
-    args = ["--latents", str(latents), "--out-dir", str(tmp_path / "out"), "--select", "random", "--budget", "5",
+    args = ["--latents", str(latents_path), "--out-dir", str(tmp_path / "out"), "--select", "random", "--budget", "5",
             "--labelled", str(labelled_file(tmp_path / "done.txt", test_index))]
     assert "2 of them in its validation or test split" in expect_input_error(capsys, sm.main, args)
 
 
 def test_identical_labels_stop_the_run_before_training_and_without_csv(capsys, tmp_path):
-    latents = write_latents(tmp_path / "latents.npz", y_all=np.r_[np.full(510, -6.5), np.linspace(-7, -6, 90)],
+    npz = write_synthetic_latents(tmp_path / "latents.npz", y_all=np.r_[np.full(510, -6.5), np.linspace(-7, -6, 90)],
                             **SPLIT)
     out = tmp_path / "out"
-    message = expect_input_error(capsys, sm.main, ["--latents", str(latents), "--out-dir", str(out), *QUICK])
+    message = expect_input_error(capsys, sm.main, ["--latents", str(npz), "--out-dir", str(out), *QUICK])
     assert "the 10 selected molecules all have the same label" in message
     assert not list(out.glob("*.csv")) and not list(out.glob("*.png"))
 
@@ -380,18 +376,18 @@ def test_a_column_constant_in_the_pool_cannot_blow_up_the_inputs():
     z = torch.randn(200, 4, generator=torch.Generator().manual_seed(0))
     z[:, 3] = 1e-20  # a rare descriptor bin: empty in the pool ...
     z[150, 3] = 36.0  # ... but not for one test molecule
-    x = sm.standardized_latents(z, torch.arange(100))
+    x = selection.standardized_latents(z, torch.arange(100))
     floor = 0.1 * z[:100].std(dim=0).square().mean().sqrt()
     assert float(x[150, 3]) == pytest.approx(36.0 / float(floor), rel=1e-5)  # hundreds of std, not 1e23
-    torch.testing.assert_close(x[:, :3], sm.standardize(z, torch.arange(100))[0][:, :3])  # others as before
+    torch.testing.assert_close(x[:, :3], utils.standardize(z, torch.arange(100))[0][:, :3])  # others as before
 
 
 def test_latents_files_from_before_the_property_was_named_are_read_as_qm9_homo(tmp_path, capsys):
-    old = write_latents(tmp_path / "old.npz", structure_index=None, qm9_index=np.arange(1, 601))
-    arrays = sm.load_latents(old)
+    old = write_synthetic_latents(tmp_path / "old.npz", structure_index=None, qm9_index=np.arange(1, 601))
+    arrays = latents.load_latents(old)
     assert (arrays["dataset"], arrays["target_name"], arrays["target_unit"]) == ("qm9", "homo", "eV")
     np.testing.assert_array_equal(arrays["structure_index"], np.arange(1, 601))
-    named = sm.load_latents(write_latents(tmp_path / "new.npz", target_name=np.array("LCD"),
+    named = latents.load_latents(write_synthetic_latents(tmp_path / "new.npz", target_name=np.array("LCD"),
                                           target_unit=np.array("Angstrom"), dataset=np.array("coremof")))
     assert (named["dataset"], named["target_name"], named["target_unit"]) == ("coremof", "LCD", "Angstrom")
     older_to_label = tmp_path / "to_label.csv"

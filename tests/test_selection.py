@@ -7,7 +7,8 @@ import torch
 from sklearn.cluster import KMeans
 
 import selection
-from utils import InputError, resolve_config
+from cli import resolve_config
+from utils import InputError
 
 STRATEGIES = list(selection.NESTED)
 OUTLIERS = [60, 61, 62]

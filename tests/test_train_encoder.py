@@ -13,37 +13,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, assert_same_tensors, expect_input_error, run_train
 
+import cli
 import data
+import descriptors
+import latents
+import qm9
 import train_encoder_qm9 as tr
-import utils
-
-EPOCH_LINE = re.compile(r"epoch +(\d+)/(\d+) train ([\d.]+) val ([\d.]+) \[(?:\w+ [\d.]+ ?)+\] "
-                        r"lr [\d.e+-]+ [\d.]+ s \d+ structures/s")
-
-
-def epoch_lines(run_dir):
-    return [EPOCH_LINE.search(line) for line in (run_dir / "train.log").read_text().splitlines()
-            if EPOCH_LINE.search(line)]
+import training
+from conftest import ROOT, assert_same_tensors, epoch_lines, expect_input_error, run_train
 
 
 def test_run_folder_holds_everything_to_reproduce_it(small_run):
     names = {p.name for p in small_run.iterdir()}
-    assert names == {"config.json", "run_info.json", "train.log", tr.BEST_ENCODER, tr.BEST_DECODER, tr.LAST,
-                     tr.latents_name("qm9")}
+    assert names == {"config.json", "run_info.json", "train.log", training.BEST_ENCODER, training.BEST_DECODER,
+                     training.LAST,
+                     latents.latents_name("qm9")}
     info = json.loads((small_run / "run_info.json").read_text())
     assert {"git_commit", "packages", "python"} <= set(info) and "e3nn" in info["packages"]
     assert json.loads((small_run / "config.json").read_text())["MAX_STRUCTURES"] == 300
 
 
 def test_latents_npz_keys_shapes_dtypes_and_units(small_run, qm9_arrays):
-    with np.load(small_run / tr.latents_name("qm9"), allow_pickle=False) as npz:
+    with np.load(small_run / latents.latents_name("qm9"), allow_pickle=False) as npz:
         arrays = dict(npz)
     assert set(arrays) == {"z_all", "y_all", "idx_train", "idx_val", "idx_test", "structure_index", "config",
                            "latent_source", "dataset", "target_name", "target_unit"}
     assert (str(arrays["dataset"]), str(arrays["target_name"]), str(arrays["target_unit"])) == ("qm9", "homo", "eV")
-    assert str(arrays["latent_source"]) == f"encoder after epoch {torch.load(small_run / tr.BEST_ENCODER)['epoch']}"
+    best_epoch = torch.load(small_run / training.BEST_ENCODER)["epoch"]
+    assert str(arrays["latent_source"]) == f"encoder after epoch {best_epoch}"
     assert arrays["z_all"].shape == (300, 128) and arrays["z_all"].dtype == np.float32
     assert arrays["y_all"].shape == (300,) and arrays["y_all"].dtype == np.float64
     assert np.isfinite(arrays["z_all"]).all()
@@ -65,14 +63,14 @@ def test_one_fixed_format_log_line_per_epoch_and_validation_loss_falls(small_run
 
 
 def test_checkpoints_load_safely_and_reproduce_the_latents(small_run, qm9_root):
-    for name in (tr.BEST_ENCODER, tr.BEST_DECODER, tr.LAST):
+    for name in (training.BEST_ENCODER, training.BEST_DECODER, training.LAST):
         torch.load(small_run / name, weights_only=True)
-    encoder = tr.load_encoder(small_run / tr.BEST_ENCODER)
-    arrays, cfg, _ = tr.load_structures(tr.resolve_config({"DATA_ROOT": str(qm9_root), "MAX_STRUCTURES": 300}))
+    encoder = training.load_encoder(small_run / training.BEST_ENCODER)
+    arrays, cfg, _ = data.load_structures(cli.resolve_config({"DATA_ROOT": str(qm9_root), "MAX_STRUCTURES": 300}))
     structures = data.Structures(arrays, cfg.ATOM_TYPES, "cpu")
-    latents = tr.extract_latents(encoder, structures, batch_size=7, max_atoms=cfg.BATCH_MAX_ATOMS)
-    with np.load(small_run / tr.latents_name("qm9")) as npz:
-        np.testing.assert_allclose(latents, npz["z_all"], rtol=1e-5, atol=1e-5)
+    extracted = training.extract_latents(encoder, structures, batch_size=7, max_atoms=cfg.BATCH_MAX_ATOMS)
+    with np.load(small_run / latents.latents_name("qm9")) as npz:
+        np.testing.assert_allclose(extracted, npz["z_all"], rtol=1e-5, atol=1e-5)
 
 
 def test_resume_refuses_other_changes_and_missing_runs(capsys, tmp_path, small_run):
@@ -122,16 +120,16 @@ def test_coincident_atoms_are_named_before_training(capsys, qm9_arrays, tmp_path
     arrays = data.take_structures(qm9_arrays, np.arange(40))
     first = arrays["n_atoms"][:7].sum()
     arrays["pos"][first + 2] = arrays["pos"][first]  # molecule 7: atom 2 onto atom 0
-    np.savez(tmp_path / data.CACHE_NAME, **arrays)
+    np.savez(tmp_path / qm9.CACHE_NAME, **arrays)
     message = expect_input_error(capsys, tr.main, ["--data-root", str(tmp_path), "--out-dir", str(tmp_path / "run")])
     assert f"structure with index {arrays['index'][7]}: atoms 0 and 2 (0-based) are 0 Angstrom apart" in message
     assert not (tmp_path / "run").exists()
 
 
 def test_corrupt_cache_exits_with_one_line(capsys, tmp_path):
-    (tmp_path / data.CACHE_NAME).write_bytes(b"garbage")
+    (tmp_path / qm9.CACHE_NAME).write_bytes(b"garbage")
     message = expect_input_error(capsys, tr.main, ["--data-root", str(tmp_path), "--out-dir", str(tmp_path / "r")])
-    assert f"{tmp_path / data.CACHE_NAME}: not an npz archive (no zip header); expected a QM9 cache" in message
+    assert f"{tmp_path / qm9.CACHE_NAME}: not an npz archive (no zip header); expected a QM9 cache" in message
 
 
 def test_command_line_exit_status_and_message(tmp_path):
@@ -145,7 +143,7 @@ def test_command_line_exit_status_and_message(tmp_path):
 
 
 def test_divergence_is_reported_by_epoch(capsys, qm9_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(tr, "evaluate", lambda *args: (float("nan"), {}))
+    monkeypatch.setattr(training, "evaluate", lambda *args: (float("nan"), {}))
     message = expect_input_error(capsys, tr.main, ["--data-root", str(qm9_root), "--out-dir", str(tmp_path),
                                                    "--max-molecules", "40", "--epochs", "2"])
     assert message == "error: training diverged in epoch 1 (validation loss nan); lower ENC_LR"
@@ -183,20 +181,20 @@ def drop_scheduler(path):
     (drop_scheduler, "lacks ['scheduler']; expected a last.pt written by this script"),
 ])
 def test_resume_names_a_damaged_checkpoint_and_keeps_the_run(capsys, finished_run, damage, message):
-    damage(finished_run / tr.LAST)
+    damage(finished_run / training.LAST)
     before = folder_bytes(finished_run)
     got = expect_input_error(capsys, tr.main, ["--resume", "--epochs", "4", "--out-dir", str(finished_run)])
-    assert got.startswith(f"error: {finished_run / tr.LAST}: {message}")
+    assert got.startswith(f"error: {finished_run / training.LAST}: {message}")
     assert folder_bytes(finished_run) == before
 
 
 def test_resume_refuses_another_runs_checkpoint(capsys, finished_run, qm9_root, tmp_path):
     run_train(["--data-root", qm9_root, "--max-molecules", 40, "--epochs", 1, "--set", "LATENT_DIM=64",
                "--out-dir", tmp_path / "other"])
-    shutil.copy(tmp_path / "other" / tr.LAST, finished_run / tr.LAST)
+    shutil.copy(tmp_path / "other" / training.LAST, finished_run / training.LAST)
     before = folder_bytes(finished_run)
     message = expect_input_error(capsys, tr.main, ["--resume", "--epochs", "4", "--out-dir", str(finished_run)])
-    assert re.search(rf"{finished_run / tr.LAST}: its settings \[.*'LATENT_DIM'.*\] differ from", message)
+    assert re.search(rf"{finished_run / training.LAST}: its settings \[.*'LATENT_DIM'.*\] differ from", message)
     assert folder_bytes(finished_run) == before
 
 
@@ -210,12 +208,12 @@ def test_resume_refuses_fewer_epochs_and_a_finished_run(capsys, finished_run):
 
 
 def test_resume_after_a_kill_before_the_latents_only_exports_them(finished_run):
-    latents = (finished_run / tr.latents_name("qm9")).read_bytes()
-    (finished_run / tr.latents_name("qm9")).unlink()
-    last = (finished_run / tr.LAST).read_bytes()
+    written = (finished_run / latents.latents_name("qm9")).read_bytes()
+    (finished_run / latents.latents_name("qm9")).unlink()
+    last = (finished_run / training.LAST).read_bytes()
     run_train(["--resume", "--out-dir", finished_run])
-    assert (finished_run / tr.LAST).read_bytes() == last
-    with np.load(io.BytesIO(latents)) as expected, np.load(finished_run / tr.latents_name("qm9")) as got:
+    assert (finished_run / training.LAST).read_bytes() == last
+    with np.load(io.BytesIO(written)) as expected, np.load(finished_run / latents.latents_name("qm9")) as got:
         np.testing.assert_array_equal(expected["z_all"], got["z_all"])
 
 
@@ -224,18 +222,18 @@ def test_a_second_run_into_a_used_folder_is_refused(capsys, finished_run, qm9_ro
     message = expect_input_error(capsys, tr.main, ["--data-root", str(qm9_root), "--max-molecules", "40",
                                                    "--out-dir", str(finished_run)])
     assert f"{finished_run}: already holds files of a run; choose another --out-dir" in message
-    with utils.run_folder(finished_run, resume=True):  # a run at work in the folder holds its lock
+    with cli.run_folder(finished_run, resume=True):  # a run at work in the folder holds its lock
         message = expect_input_error(capsys, tr.main, ["--resume", "--epochs", "4", "--out-dir", str(finished_run)])
     assert f"{finished_run}: another run is writing into this folder now" in message
     assert folder_bytes(finished_run) == before
 
 
 def test_temporary_files_of_a_killed_run_are_removed(finished_run):
-    for name in (f".{tr.LAST}.4242.tmp", f".{tr.latents_name('qm9')}.4242.tmp"):
+    for name in (f".{training.LAST}.4242.tmp", f".{latents.latents_name('qm9')}.4242.tmp"):
         (finished_run / name).write_bytes(b"half")
     run_train(["--resume", "--epochs", 4, "--out-dir", finished_run])
     assert not list(finished_run.glob(".*"))
-    assert torch.load(finished_run / tr.LAST, weights_only=True)["epoch"] == 4
+    assert torch.load(finished_run / training.LAST, weights_only=True)["epoch"] == 4
 
 
 def script(argv, **kwargs):
@@ -247,15 +245,15 @@ def test_killed_at_a_random_moment_and_resumed_equals_an_uninterrupted_run(qm9_r
     argv = ["--data-root", qm9_root, "--max-molecules", 200, "--batch-size", 16, "--epochs", 5]
     run_train([*argv, "--out-dir", tmp_path / "straight"])
     killed = script([*argv, "--out-dir", tmp_path / "killed"])
-    while not (tmp_path / "killed" / tr.LAST).exists():  # killed once it has a checkpoint to resume from
+    while not (tmp_path / "killed" / training.LAST).exists():  # killed once it has a checkpoint to resume from
         assert killed.poll() is None, killed.stderr.read()
         time.sleep(0.05)
     time.sleep(random.uniform(0, 2))  # then anywhere in the epochs that follow, or mid-write
     killed.kill()
     killed.wait()
     run_train(["--resume", "--out-dir", tmp_path / "killed"])
-    straight = torch.load(tmp_path / "straight" / tr.LAST, weights_only=True)
-    resumed = torch.load(tmp_path / "killed" / tr.LAST, weights_only=True)
+    straight = torch.load(tmp_path / "straight" / training.LAST, weights_only=True)
+    resumed = torch.load(tmp_path / "killed" / training.LAST, weights_only=True)
     for part in ("encoder", "decoder"):
         assert_same_tensors(straight[part], resumed[part], part)
     assert not list((tmp_path / "killed").glob(".*"))
@@ -287,31 +285,32 @@ SMALL = ["--max-molecules", 120, "--batch-size", 32]
 
 def test_zero_epochs_export_the_untrained_encoder_and_resume_into_training(qm9_root, tmp_path):
     run_train(["--data-root", qm9_root, *SMALL, "--epochs", 0, "--out-dir", tmp_path / "untrained"])
-    untrained = read_npz(tmp_path / "untrained" / tr.latents_name("qm9"))
+    untrained = read_npz(tmp_path / "untrained" / latents.latents_name("qm9"))
     assert str(untrained["latent_source"]) == "encoder after epoch 0 (untrained)"
-    assert torch.load(tmp_path / "untrained" / tr.BEST_ENCODER)["epoch"] == 0
+    assert torch.load(tmp_path / "untrained" / training.BEST_ENCODER)["epoch"] == 0
     assert "untrained encoder (ENC_EPOCHS=0): val" in (tmp_path / "untrained" / "train.log").read_text()
     run_train(["--data-root", qm9_root, *SMALL, "--epochs", 2, "--out-dir", tmp_path / "straight"])
-    trained = read_npz(tmp_path / "straight" / tr.latents_name("qm9"))
+    trained = read_npz(tmp_path / "straight" / latents.latents_name("qm9"))
     assert np.abs(trained["z_all"] - untrained["z_all"]).max() > 1e-3
     run_train(["--resume", "--epochs", 2, "--out-dir", tmp_path / "untrained"])
-    np.testing.assert_array_equal(read_npz(tmp_path / "untrained" / tr.latents_name("qm9"))["z_all"], trained["z_all"])
+    resumed = read_npz(tmp_path / "untrained" / latents.latents_name("qm9"))
+    np.testing.assert_array_equal(resumed["z_all"], trained["z_all"])
 
 
 def test_descriptor_latents_are_the_standardized_targets_on_the_same_split(capsys, qm9_root, tmp_path):
     run_train(["--data-root", qm9_root, *SMALL, "--descriptor-latents", "--out-dir", tmp_path / "descriptors"])
     run_train(["--data-root", qm9_root, *SMALL, "--epochs", 1, "--out-dir", tmp_path / "encoder"])
-    descriptors = read_npz(tmp_path / "descriptors" / tr.latents_name("qm9"))
-    encoder = read_npz(tmp_path / "encoder" / tr.latents_name("qm9"))
+    control = read_npz(tmp_path / "descriptors" / latents.latents_name("qm9"))
+    encoder = read_npz(tmp_path / "encoder" / latents.latents_name("qm9"))
     for key in ("y_all", "idx_train", "idx_val", "idx_test", "structure_index"):
-        np.testing.assert_array_equal(descriptors[key], encoder[key])
-    prepared = tr.prepare_data(tr.resolve_config({"DATA_ROOT": str(qm9_root), "MAX_STRUCTURES": 120}),
+        np.testing.assert_array_equal(control[key], encoder[key])
+    prepared = training.prepare_data(cli.resolve_config({"DATA_ROOT": str(qm9_root), "MAX_STRUCTURES": 120}),
                                torch.device("cpu"))
     targets, cfg = prepared.targets, prepared.cfg
-    np.testing.assert_array_equal(descriptors["z_all"], targets.numpy())
-    assert descriptors["z_all"].shape == (120, sum(data.descriptor_sizes(cfg).values()))
-    assert str(descriptors["latent_source"]) == "descriptor targets atom_counts + distance_hist + pair_hist"
-    assert not (tmp_path / "descriptors" / tr.LAST).exists()
+    np.testing.assert_array_equal(control["z_all"], targets.numpy())
+    assert control["z_all"].shape == (120, sum(descriptors.descriptor_sizes(cfg).values()))
+    assert str(control["latent_source"]) == "descriptor targets atom_counts + distance_hist + pair_hist"
+    assert not (tmp_path / "descriptors" / training.LAST).exists()
     message = expect_input_error(capsys, tr.main, ["--resume", "--descriptor-latents", "--out-dir",
                                                    str(tmp_path / "descriptors")])
     assert "nothing to resume" in message

@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+import cli
+import evaluation
+import plots
 import utils
 from utils import InputError
 
@@ -34,9 +37,9 @@ def test_metrics_match_numpy_for_arrays_and_tensors():
     expected = (np.mean(np.abs(y - p)), np.sqrt(np.mean((y - p) ** 2)),
                 1 - np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2))
     for pair in ((y, p), (torch.tensor(y), torch.tensor(p, dtype=torch.float32))):
-        got = (utils.mae(*pair), utils.rmse(*pair), utils.r2(*pair))
+        got = (evaluation.mae(*pair), evaluation.rmse(*pair), evaluation.r2(*pair))
         assert got == pytest.approx(expected, rel=1e-6)
-    assert utils.r2(y, y) == 1.0 and utils.mae(y, y) == 0.0
+    assert evaluation.r2(y, y) == 1.0 and evaluation.mae(y, y) == 0.0
 
 
 def test_logger_rotates_its_file(tmp_path):
@@ -61,55 +64,55 @@ def test_set_seed_repeats_every_generator():
 
 def test_plots_write_one_png_each(tmp_path):
     ys = {"a": [[1.0, 0.5, 0.3], [1.2, 0.6, 0.2]], "b": [[0.9, 0.4, 0.25]]}
-    utils.save_learning_curves([10, 20, 50], {"mlp": ys, "krr": ys}, tmp_path / "curve.png", hline=(1.1, "mean"),
+    plots.save_learning_curves([10, 20, 50], {"mlp": ys, "krr": ys}, tmp_path / "curve.png", hline=(1.1, "mean"),
                                references={"mlp": {("older run", "a"): ([10, 50], [1.1, 0.35])}})
     rng = np.random.default_rng(0)
     pair = (rng.normal(size=50), rng.normal(size=50))
-    utils.save_parity({"mlp": {"a": pair, "b": pair}, "krr": {"a": pair}}, tmp_path / "parity.png")
-    utils.save_label_histograms(rng.normal(size=500), {"N = 10": {"a": rng.normal(size=20)}}, tmp_path / "hist.png")
+    plots.save_parity({"mlp": {"a": pair, "b": pair}, "krr": {"a": pair}}, tmp_path / "parity.png")
+    plots.save_label_histograms(rng.normal(size=500), {"N = 10": {"a": rng.normal(size=20)}}, tmp_path / "hist.png")
     written = sorted(tmp_path.iterdir())
     assert [p.name for p in written] == ["curve.png", "hist.png", "parity.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
 
 
 def test_config_overrides_are_typed_and_unknown_keys_fail():
-    cfg = utils.resolve_config(utils.parse_set_args(["ENC_LR=3e-4", "SAMPLING_NS=[5, 10]", "MAX_STRUCTURES=100",
+    cfg = cli.resolve_config(cli.parse_set_args(["ENC_LR=3e-4", "SAMPLING_NS=[5, 10]", "MAX_STRUCTURES=100",
                                                      "ENC_HIDDEN_IRREPS=8x0e+8x1o", "CUTOFF=4"]))
     assert (cfg.ENC_LR, cfg.SAMPLING_NS, cfg.MAX_STRUCTURES, cfg.ENC_HIDDEN_IRREPS, cfg.CUTOFF) == \
         (3e-4, [5, 10], 100, "8x0e+8x1o", 4.0)
     with pytest.raises(InputError, match="unknown config key 'ENC_LRR' \\(did you mean ENC_LR\\?\\)"):
-        utils.resolve_config({"ENC_LRR": 1.0})
+        cli.resolve_config({"ENC_LRR": 1.0})
     with pytest.raises(InputError, match="ENC_EPOCHS='ten': expected int, like the default 100"):
-        utils.resolve_config(utils.parse_set_args(["ENC_EPOCHS=ten"]))
-    assert utils.resolve_config(utils.parse_set_args(["DATA_ROOT='/a b'"])).DATA_ROOT == "/a b"
+        cli.resolve_config(cli.parse_set_args(["ENC_EPOCHS=ten"]))
+    assert cli.resolve_config(cli.parse_set_args(["DATA_ROOT='/a b'"])).DATA_ROOT == "/a b"
     with pytest.raises(InputError, match="ENC_EPOCHS=2.5: expected int"):
-        utils.resolve_config({"ENC_EPOCHS": 2.5})
+        cli.resolve_config({"ENC_EPOCHS": 2.5})
     with pytest.raises(InputError, match="ENC_LR=-0.1: expected a positive number"):
-        utils.resolve_config({"ENC_LR": -0.1})
+        cli.resolve_config({"ENC_LR": -0.1})
     with pytest.raises(InputError, match=r"SEED=-1: expected a seed in 0\.\.4294967295"):
-        utils.resolve_config({"SEED": -1})
+        cli.resolve_config({"SEED": -1})
     with pytest.raises(InputError, match=r"SAMPLING_SEEDS=-2: expected a seed in 0\.\.4294967295"):
-        utils.resolve_config({"SAMPLING_SEEDS": [0, -2]})
-    assert utils.resolve_config({"SEED": 2**32 - 1}).SEED == 2**32 - 1
+        cli.resolve_config({"SAMPLING_SEEDS": [0, -2]})
+    assert cli.resolve_config({"SEED": 2**32 - 1}).SEED == 2**32 - 1
     with pytest.raises(InputError, match="MLP_LR=nan: expected a finite number"):
-        utils.resolve_config({"MLP_LR": float("nan")})
+        cli.resolve_config({"MLP_LR": float("nan")})
     with pytest.raises(InputError, match="MAX_STRUCTURES=0: expected a positive number"):
-        utils.resolve_config({"MAX_STRUCTURES": 0})
-    assert utils.resolve_config({"ENC_LR_PATIENCE": 0}).ENC_LR_PATIENCE == 0
+        cli.resolve_config({"MAX_STRUCTURES": 0})
+    assert cli.resolve_config({"ENC_LR_PATIENCE": 0}).ENC_LR_PATIENCE == 0
     with pytest.raises(InputError, match="expected NAME=VALUE"):
-        utils.parse_set_args(["ENC_LR"])
+        cli.parse_set_args(["ENC_LR"])
 
 
 def test_config_round_trips_through_json():
-    cfg = utils.resolve_config({"ATOM_TYPES": ["H", "C"], "ENC_EPOCHS": 7})
-    again = utils.config_from_json(utils.config_json(cfg), "test")
+    cfg = cli.resolve_config({"ATOM_TYPES": ["H", "C"], "ENC_EPOCHS": 7})
+    again = cli.config_from_json(cli.config_json(cfg), "test")
     assert vars(again) == vars(cfg)
     assert again.ATOM_TYPES == ("H", "C")
-    older = json.loads(utils.config_json(cfg))
+    older = json.loads(cli.config_json(cfg))
     del older["DIST_TIMEOUT_S"]  # a run made before this setting existed
-    assert vars(utils.config_from_json(json.dumps(older), "test")) == vars(cfg)
+    assert vars(cli.config_from_json(json.dumps(older), "test")) == vars(cfg)
     with pytest.raises(InputError, match="test: config is list, expected a JSON object"):
-        utils.config_from_json("[1]", "test")
+        cli.config_from_json("[1]", "test")
 
 
 def test_atomic_path_leaves_nothing_behind_on_error(tmp_path):
@@ -128,7 +131,7 @@ def test_unwritable_output_directory(tmp_path):
     tmp_path.chmod(0o500)
     try:
         with pytest.raises(InputError, match="not writable"):
-            utils.prepare_run_dir(tmp_path / "run")
+            cli.prepare_run_dir(tmp_path / "run")
     finally:
         tmp_path.chmod(0o700)
 
@@ -136,7 +139,7 @@ def test_unwritable_output_directory(tmp_path):
 def test_output_directory_under_a_file_is_not_writable(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match=f"output directory {tmp_path / 'file' / 'run'}: not writable"):
-        utils.prepare_run_dir(tmp_path / "file" / "run")
+        cli.prepare_run_dir(tmp_path / "file" / "run")
 
 
 def test_load_npz_names_what_the_file_really_is(tmp_path):
@@ -156,16 +159,16 @@ def test_load_npz_names_what_the_file_really_is(tmp_path):
 def test_run_folder_is_locked_and_cleaned(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / ".last.pt.99.tmp").write_bytes(b"half")
-    with utils.run_folder(tmp_path / "run") as run:
+    with cli.run_folder(tmp_path / "run") as run:
         assert not list(run.iterdir())
         with pytest.raises(InputError, match="another run is writing into this folder now"):
-            with utils.run_folder(run, resume=True):
+            with cli.run_folder(run, resume=True):
                 pass
         (run / "config.json").write_text("{}")
     with pytest.raises(InputError, match="already holds files of a run"):
-        with utils.run_folder(tmp_path / "run"):
+        with cli.run_folder(tmp_path / "run"):
             pass
-    with utils.run_folder(tmp_path / "run", resume=True):  # the lock went with the first run
+    with cli.run_folder(tmp_path / "run", resume=True):  # the lock went with the first run
         pass
 
 
@@ -173,6 +176,6 @@ def test_ctrl_c_is_one_line_and_status_130(capsys):
     def interrupted():
         raise KeyboardInterrupt
     with pytest.raises(SystemExit) as exit_info:
-        utils.run_cli(interrupted)
+        cli.run_cli(interrupted)
     assert exit_info.value.code == 130
     assert capsys.readouterr().err.startswith("error: interrupted;")
