@@ -1,0 +1,74 @@
+"""The result tables of the README and docs/results.md say what the committed CSVs under results/ say."""
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# table row label -> (summary.csv, head, strategy) of the run it reports, and its selection cell
+HEADLINE_ROWS = {
+    "package encoder, 25 epochs (MLP)": ("results/qm9_cpu_readout/sampling/summary.csv", "mlp", "random", "random"),
+    "package encoder, 12 epochs (KRR)": ("results/qm9_cpu_12ep_strategies/summary.csv", "krr", "herding",
+                                         "herding, its best"),
+    "SevenNet-0 frozen (MLP)": ("results/qm9_sevennet0/summary.csv", "mlp", "random", "random"),
+    "SevenNet-0 frozen (KRR)": ("results/qm9_sevennet0/summary.csv", "krr", "herding", "herding"),
+    "FCHL19 KRR (classical)": ("results/qm9_fchl19_krr/summary.csv", "fchl19_krr", "random", "random"),
+}
+COREMOF_STRATEGIES = {"random": "random", "k-center": "kcenter", "k-means": "kmeans", "TypiClust": "typiclust",
+                      "kernel herding": "herding"}
+COREMOF_BUDGETS = [10, 20, 50, 100, 200, 500, 1000]
+
+
+def table_rows(path):
+    """{first cell: [other cells]} of every markdown table row in `path`."""
+    rows = {}
+    for line in (ROOT / path).read_text().splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            rows[" | ".join(cells[:2]) if cells[0] in ("MLP", "KRR") else cells[0]] = cells
+    return rows
+
+
+def curve(path, head, strategy):
+    summary = pd.read_csv(ROOT / path)
+    return summary[(summary["head"] == head) & (summary["strategy"] == strategy)].set_index("n_labels")
+
+
+@pytest.mark.parametrize("label", HEADLINE_ROWS)
+def test_the_readme_headline_table_matches_its_summaries(label):
+    path, head, strategy, selection_cell = HEADLINE_ROWS[label]
+    cells = table_rows("README.md")[label]
+    assert cells[1] == selection_cell
+    rows = curve(path, head, strategy)
+    expected = [f"{1000 * rows.loc[n, 'mae_mean']:.0f} ± {1000 * rows.loc[n, 'mae_std']:.0f}"
+                for n in (10, 50, 100, 200, 500, 1000)]
+    assert cells[2:] == expected
+
+
+@pytest.mark.parametrize("head", ["MLP", "KRR"])
+@pytest.mark.parametrize("label", COREMOF_STRATEGIES)
+def test_the_coremof_table_matches_its_summary(head, label):
+    rows = curve("results/coremof_av_vf/summary.csv", head.lower(), COREMOF_STRATEGIES[label])
+    cells = table_rows("docs/results.md")[f"{head} | {label}"]
+    assert cells[2:] == [f"{1000 * rows.loc[n, 'mae_mean']:.1f}" for n in COREMOF_BUDGETS]
+
+
+@pytest.mark.parametrize("head", ["MLP", "KRR"])
+def test_the_coremof_descriptor_control_matches_its_summary(head):
+    rows = curve("results/coremof_av_vf/descriptors/summary.csv", head.lower(), "random")
+    cells = table_rows("docs/results.md")[f"{head} | descriptor control, random"]
+    assert cells[2:] == [f"{1000 * rows.loc[n, 'mae_mean']:.1f}" for n in COREMOF_BUDGETS]
+
+
+def test_the_prose_ranges_match_the_summaries():
+    """SevenNet-0's margin over the encoder at N = 100-1000, random picks, either head, as the README says."""
+    margins = []
+    for head in ("mlp", "krr"):
+        encoder = curve("results/qm9_cpu_readout/sampling/summary.csv", head, "random")["mae_mean"]
+        sevennet = curve("results/qm9_sevennet0/summary.csv", head, "random")["mae_mean"]
+        margins += [(encoder[n] - sevennet[n], (encoder[n] - sevennet[n]) / encoder[n]) for n in (100, 200, 500, 1000)]
+    low, high = min(m for m, _ in margins), max(m for m, _ in margins)
+    share = min(s for _, s in margins), max(s for _, s in margins)
+    claim = f"{1000 * low:.0f}–{1000 * high:.0f} meV ({100 * share[0]:.0f}–{100 * share[1]:.0f}%)"
+    assert claim in re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
