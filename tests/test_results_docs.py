@@ -1,4 +1,5 @@
 """The result tables of the README and docs/results.md say what the committed CSVs under results/ say."""
+import json
 import re
 from pathlib import Path
 
@@ -72,3 +73,16 @@ def test_the_prose_ranges_match_the_summaries():
     share = min(s for _, s in margins), max(s for _, s in margins)
     claim = f"{1000 * low:.0f}–{1000 * high:.0f} meV ({100 * share[0]:.0f}–{100 * share[1]:.0f}%)"
     assert claim in re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+
+
+def test_every_run_not_from_a_clean_commit_is_marked():
+    """A run_info*.json with a dirty tree or no commit is listed in docs/results.md's provenance table, and
+    every listed one says what its file says."""
+    marked = {cells[0].strip("`"): cells[1].strip("`") for cells in table_rows("docs/results.md").values()
+              if cells[0].startswith("`results/")}
+    unclean = {}
+    for path in ROOT.glob("results/**/run_info*.json"):
+        info = json.loads(path.read_text())
+        if info["git_dirty"] is not False:
+            unclean[str(path.relative_to(ROOT))] = info["git_commit"][:7] if info["git_dirty"] else "none recorded"
+    assert unclean.items() <= marked.items()
