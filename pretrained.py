@@ -3,10 +3,11 @@
 offline, and both were trained on DFT energies and forces of inorganic crystals (MPtrj), never on
 molecules' HOMO energies.
 
-An embedder maps a batch of structures (z (A,), pos (A, 3) Angstrom, batch (A,)) to
-(embedding (B, D) float32, energy (B,) eV): the invariant node features after every interaction
-block (readout "all", concatenated) or after the last one ("last"), averaged over each structure's
-atoms, and the model's own total energy from the same forward pass.
+An embedder maps a batch of structures (z (A,), pos (A, 3) Angstrom, batch (A,), and for periodic
+structures cell (B, 3, 3), one lattice vector a row) to (embedding (B, D) float32, energy (B,) eV):
+the invariant node features after every interaction block (readout "all", concatenated) or after the
+last one ("last"), averaged over each structure's atoms, and the model's own total energy from the
+same forward pass. Averaging over atoms makes a crystal's embedding that of any of its supercells.
 """
 import importlib.metadata
 import importlib.util
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch_geometric.utils import scatter
 
-from graphs import radius_graph
+from graphs import edge_vectors, neighbour_graph
 from utils import InputError
 
 READOUTS = ("all", "last")
@@ -70,15 +71,17 @@ class SevenNetEmbedder:
                             for name in self.readout_blocks}
         self.dim = sum(self.scalar_dims.values())
 
-    def graph(self, z, pos, batch):
-        """The model's input dict for molecules: every pair of one molecule within the cutoff."""
+    def graph(self, z, pos, batch, cell=None):
+        """The model's input dict: every pair within the cutoff, of one molecule or, in a periodic
+        structure, under its lattice translations. SevenNet's edge vector points from an edge's
+        source (the model's src) to its target (dst), the reverse of graphs.edge_vectors."""
         keys = self.keys
-        edges = radius_graph(pos, batch, self.cutoff)
+        edges, offset = neighbour_graph(pos, batch, self.cutoff, cell)
         return {keys.ATOMIC_NUMBERS: z, keys.NODE_FEATURE: z, keys.POS: pos, keys.EDGE_IDX: edges,
-                keys.EDGE_VEC: pos[edges[1]] - pos[edges[0]], keys.BATCH: batch}
+                keys.EDGE_VEC: -edge_vectors(pos, edges, offset), keys.BATCH: batch}
 
-    def __call__(self, z, pos, batch, num_structures):
-        return self.embed_graph(self.graph(z, pos, batch), batch, num_structures)
+    def __call__(self, z, pos, batch, num_structures, cell=None):
+        return self.embed_graph(self.graph(z, pos, batch, cell), batch, num_structures)
 
     @torch.no_grad()
     def embed_graph(self, graph, batch, num_structures):
@@ -99,8 +102,8 @@ class SevenNetEmbedder:
 class CHGNetEmbedder:
     """CHGNet from the weights inside the chgnet wheel. CHGNet sees only distances and angles, so it
     is invariant under every rotation and reflection. It takes periodic pymatgen structures: a
-    molecule sits alone in a cubic box wide enough that no atom sees an image of another within
-    the cutoff, so the box changes nothing (tested)."""
+    crystal keeps its own cell, and a molecule sits alone in a cubic box wide enough that no atom
+    sees an image of another within the cutoff, so the box changes nothing (tested)."""
 
     package = "chgnet"
     reflection_invariant = True
@@ -126,12 +129,20 @@ class CHGNetEmbedder:
         return Structure(Lattice.cubic(side), z.tolist(), (pos - pos.min(0).values).numpy(),
                          coords_are_cartesian=True)
 
+    @staticmethod
+    def periodic(z, pos, cell):
+        """One crystal as a pymatgen Structure with its own lattice."""
+        from pymatgen.core import Lattice, Structure
+        return Structure(Lattice(cell.numpy()), z.tolist(), pos.numpy(), coords_are_cartesian=True)
+
     @torch.no_grad()
-    def __call__(self, z, pos, batch, num_structures):
+    def __call__(self, z, pos, batch, num_structures, cell=None):
         z, pos, batch = z.cpu(), pos.double().cpu(), batch.cpu()
         counts = torch.bincount(batch, minlength=num_structures).tolist()
-        graphs = [self.model.graph_converter(self.boxed(*atoms)) for atoms in
-                  zip(torch.split(z, counts), torch.split(pos, counts))]
+        atoms = zip(torch.split(z, counts), torch.split(pos, counts))
+        structures = ([self.boxed(*each) for each in atoms] if cell is None else
+                      [self.periodic(*each, lattice) for each, lattice in zip(atoms, cell.double().cpu())])
+        graphs = [self.model.graph_converter(structure) for structure in structures]
         per_layer = []
         hooks = [layer.register_forward_hook(lambda module, args, output: per_layer.append(output))
                  for layer in self.readout_layers]
@@ -156,9 +167,9 @@ class MirrorAveraged:
     def __getattr__(self, name):  # cutoff, elements, dim, package, checkpoint: the wrapped model's
         return getattr(self.embedder, name)
 
-    def __call__(self, z, pos, batch, num_structures):
-        embedding, energy = self.embedder(z, pos, batch, num_structures)
-        mirrored, mirrored_energy = self.embedder(z, -pos, batch, num_structures)
+    def __call__(self, z, pos, batch, num_structures, cell=None):
+        embedding, energy = self.embedder(z, pos, batch, num_structures, cell)
+        mirrored, mirrored_energy = self.embedder(z, -pos, batch, num_structures, None if cell is None else -cell)
         return (embedding + mirrored) / 2, (energy + mirrored_energy) / 2
 
 

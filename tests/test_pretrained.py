@@ -242,3 +242,62 @@ def test_a_damaged_chunk_is_named(tmp_path):
     export.write_chunk(tmp_path / "chunk_00000.npz", np.zeros((3, 4), np.float32), np.zeros(3))
     with pytest.raises(InputError, match="chunk_00000.npz: expected embedding \\(5, 4\\)"):
         export.read_chunk(tmp_path / "chunk_00000.npz", 5, 4)
+
+
+# --- crystals ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def crystals():
+    """Two small rattled crystals whose cells are thinner than the cutoff (atoms meet images of
+    themselves two or more cells away), as ASE Atoms."""
+    from ase.build import bulk
+    rocksalt, silicon = bulk("NaCl", "rocksalt", a=5.64), bulk("Si", "diamond", a=5.43)
+    for seed, atoms in enumerate((rocksalt, silicon)):
+        atoms.rattle(0.05, seed=seed)
+    return [rocksalt, silicon]
+
+
+def as_batch(crystals):
+    """(z, pos, batch, count, cell) of ASE crystals, in float32 like the package's structures."""
+    z = torch.cat([torch.as_tensor(atoms.numbers) for atoms in crystals])
+    pos = torch.cat([torch.as_tensor(atoms.positions, dtype=torch.float32) for atoms in crystals])
+    batch = torch.cat([torch.full((len(atoms),), k) for k, atoms in enumerate(crystals)])
+    cell = torch.stack([torch.as_tensor(atoms.cell.array, dtype=torch.float32) for atoms in crystals])
+    return z, pos, batch, len(crystals), cell
+
+
+@pytest.mark.parametrize("name", ["sevennet-0", "chgnet"])
+def test_a_crystals_energy_equals_the_calculator(embedders, calculators, crystals, name):
+    _, energy = embedders[name](*as_batch(crystals))
+    expected = [ase_energy(calculators[name], atoms.copy()) for atoms in crystals]
+    np.testing.assert_allclose(energy.numpy(), expected, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["sevennet-0", "chgnet"])
+def test_a_crystal_and_its_supercell_share_the_embedding(embedders, crystals, name):
+    embedding, energy = embedders[name](*as_batch(crystals))
+    doubled, doubled_energy = embedders[name](*as_batch([atoms.repeat((2, 1, 1)) for atoms in crystals]))
+    torch.testing.assert_close(doubled, embedding, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(doubled_energy, 2 * energy, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["sevennet-0", "chgnet"])
+def test_rotating_cell_and_positions_together_changes_nothing(embedders, crystals, name):
+    torch.manual_seed(3)
+    rotation = o3.rand_matrix(dtype=torch.float64)
+    shift = torch.tensor([0.3, -1.2, 2.5], dtype=torch.float64)
+    z, pos, batch, count, cell = as_batch(crystals)
+    before, _ = embedders[name](z, pos, batch, count, cell)
+    after, _ = embedders[name](z, (pos.double() @ rotation.T + shift).float(), batch, count,
+                               (cell.double() @ rotation.T).float())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_mirror_averaging_covers_crystals(crystals):
+    averaged = pretrained.load_embedder("sevennet-0", "all", "cpu", mirror_average=True)
+    torch.manual_seed(4)
+    mirror = -o3.rand_matrix(dtype=torch.float64)
+    z, pos, batch, count, cell = as_batch(crystals)
+    before, _ = averaged(z, pos, batch, count, cell)
+    after, _ = averaged(z, (pos.double() @ mirror.T).float(), batch, count, (cell.double() @ mirror.T).float())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
