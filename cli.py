@@ -237,15 +237,20 @@ def run_folder(out_dir, resume=False, resumable=()):
 
 
 def remove_run(out_dir, made):
-    """Remove the folders a new run made (`made`, the topmost, or None) or else the files it wrote in `out_dir`."""
-    if made is not None:
-        shutil.rmtree(made, ignore_errors=True)
+    """Remove what a new run made: `out_dir` and the empty folders above it up to `made`, the topmost
+    folder it created, or, if `out_dir` was there before (`made` None), the files it wrote there. A
+    folder above that holds anything, another run's folder say, stays."""
+    if made is None:
+        for path in out_dir.iterdir():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         return
-    for path in out_dir.iterdir():
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+    shutil.rmtree(out_dir)
+    for folder in out_dir.parents[:len(out_dir.parents) - len(made.parents)]:
+        with contextlib.suppress(OSError):  # not empty: it holds something else now
+            folder.rmdir()
 
 
 def saved_config(out_dir):

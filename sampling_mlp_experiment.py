@@ -130,7 +130,7 @@ def load_reference(path):
 
 def check_reference(summary, path):
     """Every row of a reference summary names its head and strategy once per budget, with a positive
-    integer n_labels and finite, non-negative MAE (and p95) means."""
+    integer n_labels (made int64) and finite, non-negative MAE (and p95) means."""
     for column in ("head", "strategy"):
         if summary[column].isna().any():
             raise InputError(f"{path}: reference summary line {int(summary[column].isna().argmax()) + 2} has no "
@@ -138,13 +138,13 @@ def check_reference(summary, path):
     for column, integral in (("n_labels", True), ("mae_mean", False), ("p95_abs_error_mean", False)):
         if column not in summary:
             continue
-        values = pd.to_numeric(summary[column], errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(values) | (values < integral) | (integral & (values != np.round(values)))
+        values = pd.to_numeric(summary[column], errors="coerce").to_numpy(dtype=np.float64)  # text: NaN
+        bad = ~np.isfinite(values) | (values < (1 if integral else 0)) | (integral & (values != np.round(values)))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             expected = "a positive integer" if integral else "a finite, non-negative number"
-            raise InputError(f"{path}: reference summary line {row + 2} has {column} {summary[column].astype(str).iloc[row]!r}; "
-                             f"expected {expected}")
+            raise InputError(f"{path}: reference summary line {row + 2} has {column} "
+                             f"{summary[column].astype(str).iloc[row]!r}; expected {expected}")
         summary[column] = values.astype(np.int64) if integral else values
     twice = summary.duplicated(["head", "strategy", "n_labels"])
     if twice.any():
@@ -176,10 +176,10 @@ def labelled_values(path):
     column, name = 0, None
     if rows and parse_number(rows[0][1][0]) is None:  # a header
         header = rows.pop(0)[1]
-        names = [name for name in ("structure_index", "qm9_index") if name in header]  # to_label.csv, then older
-        if not names:
+        found = [known for known in ("structure_index", "qm9_index") if known in header]  # to_label.csv, then older
+        if not found:
             raise InputError(f"{path}: expected a structure_index column or one structure index value a line")
-        name = names[0]
+        name = found[0]
         column = header.index(name)
     values = []
     for line, row in rows:

@@ -3,6 +3,7 @@ import errno
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -205,6 +206,12 @@ def failed_run(out_dir, error=InputError("diverged"), resume=False, resumable=()
 def test_a_new_run_that_fails_removes_what_it_made_and_nothing_else(tmp_path):
     failed_run(tmp_path / "a" / "b" / "run")  # made with its parents: all three go
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(InputError):  # made with a parent that another run started to use meanwhile: it stays
+        with cli.run_folder(tmp_path / "runs" / "new" / "run"):
+            (tmp_path / "runs" / "sibling").mkdir()
+            raise InputError("diverged")
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["sibling"]
+    shutil.rmtree(tmp_path / "runs")
     (tmp_path / "mine").mkdir()  # a folder that was there before stays, empty again
     failed_run(tmp_path / "mine", write=("config.json", "train.log"))
     assert list((tmp_path / "mine").iterdir()) == []
