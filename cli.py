@@ -4,12 +4,14 @@ records about itself (config.json, run_info.json)."""
 import ast
 import contextlib
 import difflib
+import errno
 import fcntl
 import importlib.metadata
 import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,6 +57,16 @@ NONE_DEFAULT_EXAMPLES = {"ATOM_TYPES": ("H",)}  # settings whose None default st
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which set_seed uses, takes no larger seed
 
+# The list and dict settings that may be empty: no HIST_ELEMENTS puts every element in one histogram class.
+# Every other one names things a run needs at least one of (budgets, seeds, heads, widths, ranges...).
+MAY_BE_EMPTY = {"HIST_ELEMENTS"}
+
+
+def check_seed(name, value):
+    """A seed in 0..MAX_SEED, or an InputError naming the setting or flag `name`."""
+    if not 0 <= value <= MAX_SEED:
+        raise InputError(f"{name}={value!r}: expected a seed in 0..{MAX_SEED}")
+
 
 def _coerce_scalar(name, value, default):
     """One value of the type of `default`: ints pass for floats; a number must be finite, positive
@@ -66,8 +78,8 @@ def _coerce_scalar(name, value, default):
         raise InputError(f"{name}={value!r}: expected {type(default).__name__}, like the default {default!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise InputError(f"{name}={value!r}: expected a finite number")
-    if name in SEED_KEYS and not 0 <= value <= MAX_SEED:
-        raise InputError(f"{name}={value!r}: expected a seed in 0..{MAX_SEED}")
+    if name in SEED_KEYS:
+        check_seed(name, value)
     if _is_number(default):
         positive = default > 0 and name not in MAY_BE_ZERO
         if value < 0 or (positive and value == 0):
@@ -76,7 +88,10 @@ def _coerce_scalar(name, value, default):
 
 
 def _coerce(name, value, default):
-    """`value` checked against the default of `name` (type, element types, sign), or an InputError."""
+    """`value` checked against the default of `name` (type, element types, sign; a list or dict not
+    empty unless `name` is in MAY_BE_EMPTY), or an InputError."""
+    if isinstance(value, (tuple, list, dict)) and not value and name not in MAY_BE_EMPTY:
+        raise InputError(f"{name}={value!r}: expected one or more entries")
     if default is None:  # optional: None, or a value like the example of NONE_DEFAULT_EXAMPLES (a count by default)
         return None if value is None else _coerce(name, value, NONE_DEFAULT_EXAMPLES.get(name, 1))
     if isinstance(default, (tuple, list)):
@@ -165,24 +180,41 @@ def stale_temporaries(out_dir):
     return list(out_dir.glob(f".*{TEMPORARY_SUFFIX}"))
 
 
+def check_writable(out_dir):
+    """Files can be made in `out_dir` or, while it does not exist, in the nearest folder above it
+    that does: one message, whatever the cause (a file in the way, permissions, a read-only file
+    system), for every script."""
+    existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise InputError(f"output directory {out_dir}: not writable ({err.strerror})") from None
+
+
 def check_new_run_dir(out_dir):
     """A new run goes into an empty or absent folder that it can make: checked before the run's real
     work, and again under the lock. Never over another run's files."""
     out_dir = Path(out_dir)
-    existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        reason = "Not a directory" if not existing.is_dir() else "Permission denied"
-        raise InputError(f"output directory {out_dir}: not writable ({reason})")
-    if existing == out_dir and set(out_dir.iterdir()) - set(stale_temporaries(out_dir)):
+    check_writable(out_dir)
+    if out_dir.is_dir() and set(out_dir.iterdir()) - set(stale_temporaries(out_dir)):
         raise InputError(f"{out_dir}: already holds files of a run; choose another --out-dir "
                          "(or --resume, for an encoder run)")
 
 
 @contextlib.contextmanager
-def run_folder(out_dir, resume=False):
+def run_folder(out_dir, resume=False, resumable=()):
     """The run folder, created if needed and locked for as long as the run is in it: a second run
     into the same folder fails at once. A new run needs it empty. Temporary files that a killed run
-    left behind are removed. The lock is the kernel's, so it dies with the process."""
+    left behind are removed. The lock is the kernel's, so it dies with the process.
+
+    A new run that stops on an InputError (bad input found late: divergence, a full disk) removes
+    what it made, the folder or, if the folder was there before, its files, unless the folder holds
+    one of `resumable`, work that --resume continues (last.pt). A resumed run's folder is kept."""
+    out_dir = Path(out_dir)
+    made = next((folder for folder in (*reversed(out_dir.parents), out_dir) if not folder.exists()), None)
     out_dir = prepare_run_dir(out_dir)
     handle = os.open(out_dir, os.O_RDONLY)
     try:
@@ -194,9 +226,31 @@ def run_folder(out_dir, resume=False):
             check_new_run_dir(out_dir)
         for stale in stale_temporaries(out_dir):
             stale.unlink()
-        yield out_dir
+        try:
+            yield out_dir
+        except InputError:
+            if not resume and not any((out_dir / name).exists() for name in resumable):
+                remove_run(out_dir, made)
+            raise
     finally:
         os.close(handle)
+
+
+def remove_run(out_dir, made):
+    """Remove what a new run made: `out_dir` and the empty folders above it up to `made`, the topmost
+    folder it created, or, if `out_dir` was there before (`made` None), the files it wrote there. A
+    folder above that holds anything, another run's folder say, stays."""
+    if made is None:
+        for path in out_dir.iterdir():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        return
+    shutil.rmtree(out_dir)
+    for folder in out_dir.parents[:len(out_dir.parents) - len(made.parents)]:
+        with contextlib.suppress(OSError):  # not empty: it holds something else now
+            folder.rmdir()
 
 
 def saved_config(out_dir):
@@ -227,10 +281,9 @@ def prepare_run_dir(out_dir):
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
     except OSError as err:
         raise InputError(f"output directory {out_dir}: not writable ({err.strerror})") from None
+    check_writable(out_dir)
     return out_dir
 
 

@@ -58,13 +58,14 @@ def take_structures(arrays, rows):
     return {key: value[atom_rows] if key in PER_ATOM_KEYS else value[rows] for key, value in arrays.items()}
 
 
-def seeded_subset(arrays, max_structures, seed):
-    """A seeded random subset of `max_structures` structures (kept in file order), or all if None."""
+def seeded_subset(arrays, max_structures, seed, pool="the size of the dataset"):
+    """A seeded random subset of `max_structures` structures (kept in file order), or all if None;
+    `pool` says in errors what `arrays` holds."""
     total = len(arrays["n_atoms"])
     if max_structures is None:
         return arrays
     if not 1 <= max_structures <= total:
-        raise InputError(f"max structures {max_structures}: expected 1..{total}, the size of the dataset")
+        raise InputError(f"max structures {max_structures}: expected 1..{total}, {pool}")
     rows = np.sort(np.random.default_rng(seed).choice(total, max_structures, replace=False))
     return take_structures(arrays, rows)
 
@@ -83,9 +84,15 @@ def check_dataset_settings(cfg):
     if cfg.TARGET not in targets:
         raise InputError(f"TARGET={cfg.TARGET!r}: dataset {cfg.DATASET} has no such property; expected one of "
                          f"{list(targets)}")
-    unknown = [symbol for symbol in cfg.HIST_ELEMENTS if symbol not in ATOMIC_NUMBER]
-    if unknown or len(set(cfg.HIST_ELEMENTS)) != len(cfg.HIST_ELEMENTS):
-        raise InputError(f"HIST_ELEMENTS={tuple(cfg.HIST_ELEMENTS)}: expected distinct element symbols")
+    hist_elements = tuple(cfg.HIST_ELEMENTS)
+    for symbol in hist_elements:
+        if symbol not in ATOMIC_NUMBER:
+            hint = f" (did you mean {symbol.capitalize()!r}?)" if symbol.capitalize() in ATOMIC_NUMBER else ""
+            raise InputError(f"HIST_ELEMENTS={hist_elements}: {symbol!r} is not an element symbol{hint}; expected "
+                             "symbols such as 'C' or 'Zn'")
+    twice = sorted({symbol for symbol in hist_elements if hist_elements.count(symbol) > 1})
+    if twice:
+        raise InputError(f"HIST_ELEMENTS={hist_elements}: lists {twice} more than once; expected distinct elements")
 
 
 def target_unit(cfg):
@@ -117,10 +124,13 @@ def dataset_atom_types(atom_types, arrays):
 
 
 def drop_large_structures(arrays, max_atoms):
-    """The structures of at most `max_atoms` atoms, and how many were dropped."""
+    """The structures of at most `max_atoms` atoms (MAX_STRUCTURE_ATOMS), and how many were dropped."""
     small = arrays["n_atoms"] <= max_atoms
     if small.all():
         return arrays, 0
+    if not small.any():
+        raise InputError(f"MAX_STRUCTURE_ATOMS={max_atoms}: leaves out every structure; the smallest has "
+                         f"{arrays['n_atoms'].min()} atoms")
     return take_structures(arrays, np.flatnonzero(small)), int((~small).sum())
 
 
@@ -131,7 +141,9 @@ def load_structures(cfg):
     arrays = load_dataset(cfg)
     cfg = SimpleNamespace(**{**vars(cfg), "ATOM_TYPES": dataset_atom_types(cfg.ATOM_TYPES, arrays)})
     arrays, dropped = drop_large_structures(arrays, cfg.MAX_STRUCTURE_ATOMS)
-    arrays = seeded_subset(arrays, cfg.MAX_STRUCTURES, cfg.SEED)
+    pool = (f"the structures of at most MAX_STRUCTURE_ATOMS={cfg.MAX_STRUCTURE_ATOMS} atoms" if dropped
+            else "the size of the dataset")
+    arrays = seeded_subset(arrays, cfg.MAX_STRUCTURES, cfg.SEED, pool)
     check_atom_distances(arrays, f"{cfg.DATASET} cache in {cfg.DATA_ROOT}")
     return arrays, cfg, dropped
 

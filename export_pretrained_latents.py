@@ -143,7 +143,7 @@ def main(argv=None):
                                         cfg.PRETRAINED_MIRROR_AVERAGE)
     pretrained.check_elements(arrays["z"], embedder.elements, cfg.PRETRAINED_MODEL)
     model = pretrained.describe(embedder, cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT)
-    with run_folder(out_dir, resume=args.resume):
+    with run_folder(out_dir, resume=args.resume, resumable=[CHUNK_DIR]):
         logger = start_run(cfg, out_dir, "pretrained", "export.log", run_info_name(args.resume),
                            latent_model=model, torch_threads=torch.get_num_threads())
         logger.info("%d molecules on %s; %s", structures.num_molecules, device, json.dumps(model))

@@ -67,6 +67,8 @@ def load_latents(path):
             or not np.issubdtype(y.dtype, np.floating):
         raise InputError(f"{path}: expected float z_all (M, D) and y_all (M,), got {z.dtype} {z.shape} "
                          f"and {y.dtype} {y.shape}")
+    if z.shape[0] == 0:
+        raise InputError(f"{path}: z_all has no rows; expected one latent per structure")
     if z.shape[1] == 0:
         raise InputError(f"{path}: z_all has no columns; expected latents of one or more dimensions")
     for key in ("z_all", "y_all"):

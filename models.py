@@ -135,7 +135,7 @@ class EquivGNNEncoder(nn.Module):
         layer_irreps.append(reachable(layer_irreps[-1], self.irreps_sh, scalars + vectors) if keep_vectors
                             else scalars)
         never = sorted({ir for _, ir in hidden} - {ir for irreps in layer_irreps for _, ir in irreps})
-        if never and num_layers > 1:  # a single layer maps scalars to scalars and carries no hidden irreps
+        if never:  # a single layer maps the embeddings to the last layer's irreps, and carries no hidden ones
             raise InputError(f"ENC_HIDDEN_IRREPS={hidden_irreps!r}: {never} never appear with ENC_NUM_LAYERS="
                              f"{num_layers} (from 0e embeddings and harmonics {self.irreps_sh}); add layers")
         self.layers = nn.ModuleList(

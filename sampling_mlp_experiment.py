@@ -17,6 +17,7 @@ the structures of --labelled (the dataset's structure index values), and writes 
     python sampling_mlp_experiment.py --latents runs/quick/latents_qm9.npz --select typiclust --budget 100
 """
 import argparse
+import csv
 import time
 from pathlib import Path
 
@@ -26,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 import selection
-from cli import add_run_arguments, default_run_dir, overrides_from_args, resolve_config, run_cli, run_folder, start_run
+from cli import (add_run_arguments, check_new_run_dir, check_seed, default_run_dir, overrides_from_args, resolve_config,
+                 run_cli, run_folder, start_run)
 from evaluation import check_names, check_plan, mae, regression_metrics, summarize
 from heads import FIT_HEADS, HEADS, budget_inputs
 from latents import load_latents
@@ -58,12 +60,32 @@ def parse_args(argv=None):
     chooser.add_argument("--labelled", type=Path,
                          help="structures labelled already: a text file of structure index values (QM9 Index), "
                               "one a line, or a CSV with a structure_index column (such as an earlier to_label.csv)")
-    chooser.add_argument("--seed", type=int, default=0, help="seed of the --select strategy (default 0)")
+    chooser.add_argument("--seed", type=int, help=f"seed of the --select strategy (default {SELECT_SEED})")
     add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
+SELECT_SEED = 0  # the --select strategy's seed when --seed is not given
+EXPERIMENT_ONLY = ("strategies", "heads", "seeds", "ns", "mlp_hidden_dim", "mlp_layers", "mlp_lr", "mlp_epochs",
+                   "reference")
+SELECTION_ONLY = ("budget", "labelled", "seed")
+
+
+def check_mode(args):
+    """An option that does nothing in the mode chosen is an error: an experiment option with
+    --select, --budget, --labelled or --seed without it. --seed is a seed like SAMPLING_SEEDS."""
+    selecting = args.select is not None
+    given = [name for name in (EXPERIMENT_ONLY if selecting else SELECTION_ONLY) if getattr(args, name) is not None]
+    if given:
+        flags = " ".join(f"--{name.replace('_', '-')}" for name in given)
+        raise InputError(f"{flags}: not used by --select, which trains no heads" if selecting else
+                         f"{flags}: used only with --select; the experiment takes SAMPLING_SEEDS and SAMPLING_NS")
+    if args.seed is not None:
+        check_seed("--seed", args.seed)
+
+
 def config_from_args(args):
+    check_mode(args)
     flags = {"SAMPLING_STRATEGIES": args.strategies, "SAMPLING_SEEDS": args.seeds, "SAMPLING_NS": args.ns,
              "HEAD": args.heads, "MLP_HIDDEN_DIM": args.mlp_hidden_dim, "MLP_LAYERS": args.mlp_layers,
              "MLP_LR": args.mlp_lr, "MLP_EPOCHS": args.mlp_epochs}
@@ -98,6 +120,7 @@ def load_reference(path):
         raise InputError(f"{path}: reference summary lacks columns {missing}")
     if "head" not in summary:
         summary["head"] = "mlp"
+    check_reference(summary, path)
     curves = {}
     for (head, strategy), frame in summary.sort_values("n_labels").groupby(["head", "strategy"]):
         p95 = frame["p95_abs_error_mean"].to_numpy() if "p95_abs_error_mean" in frame else None
@@ -105,24 +128,77 @@ def load_reference(path):
     return curves
 
 
-def read_labelled(path, arrays):
-    """Pool rows (positions in idx_train) of the structure index values in `path`, checked: every
-    value a structure of the pool (arrays has structure_index), none twice."""
+def check_reference(summary, path):
+    """Every row of a reference summary names its head and strategy once per budget, with a positive
+    integer n_labels (made int64) and finite, non-negative MAE (and p95) means."""
+    for column in ("head", "strategy"):
+        if summary[column].isna().any():
+            raise InputError(f"{path}: reference summary line {int(summary[column].isna().argmax()) + 2} has no "
+                             f"{column}; expected one on every line")
+    for column, integral in (("n_labels", True), ("mae_mean", False), ("p95_abs_error_mean", False)):
+        if column not in summary:
+            continue
+        values = pd.to_numeric(summary[column], errors="coerce").to_numpy(dtype=np.float64)  # text: NaN
+        bad = ~np.isfinite(values) | (values < (1 if integral else 0)) | (integral & (values != np.round(values)))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            expected = "a positive integer" if integral else "a finite, non-negative number"
+            raise InputError(f"{path}: reference summary line {row + 2} has {column} "
+                             f"{summary[column].astype(str).iloc[row]!r}; expected {expected}")
+        summary[column] = values.astype(np.int64) if integral else values
+    twice = summary.duplicated(["head", "strategy", "n_labels"])
+    if twice.any():
+        row = summary[twice].iloc[0]
+        raise InputError(f"{path}: reference summary lists head {row['head']}, strategy {row['strategy']}, n_labels "
+                         f"{row['n_labels']} twice; expected one row each")
+
+
+def parse_number(text):
+    """The number `text` holds: an int ("130745"), else a float ("130745.0", "7.5"), else None."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None
+
+
+def labelled_values(path):
+    """The structure index values of a --labelled file: one a line, or a CSV whose header names a
+    structure_index (or, from older runs, qm9_index) column, such as to_label.csv. A UTF-8 byte-order
+    mark and integral floats (130745.0) are taken; a line without such a value is named."""
     try:
-        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: labelled-molecules file not readable ({err})") from None
-    if lines and not lines[0].lstrip("-").isdigit():  # a CSV with a header
-        header = lines[0].split(",")
-        names = [name for name in ("structure_index", "qm9_index") if name in header]  # to_label.csv, then older
-        if not names:
+    reader = csv.reader(text.splitlines())
+    rows = [(reader.line_num, [cell.strip() for cell in row]) for row in reader if "".join(row).strip()]
+    column, name = 0, None
+    if rows and parse_number(rows[0][1][0]) is None:  # a header
+        header = rows.pop(0)[1]
+        found = [known for known in ("structure_index", "qm9_index") if known in header]  # to_label.csv, then older
+        if not found:
             raise InputError(f"{path}: expected a structure_index column or one structure index value a line")
-        column = header.index(names[0])
-        lines = [line.split(",")[column] for line in lines[1:]]
-    try:
-        wanted = np.array([int(value) for value in lines], dtype=np.int64)
-    except ValueError as err:
-        raise InputError(f"{path}: not a structure index value ({err})") from None
+        name = found[0]
+        column = header.index(name)
+    values = []
+    for line, row in rows:
+        if name is None and len(row) > 1:
+            raise InputError(f"{path}: line {line} holds {len(row)} values; expected one structure index value a "
+                             "line, or a header naming a structure_index column")
+        if len(row) <= column:
+            raise InputError(f"{path}: line {line} has {len(row)} columns; expected {name} in column {column + 1}")
+        value = parse_number(row[column])
+        if value is None or not (isinstance(value, int) or value.is_integer()) or abs(value) >= 2**63:
+            raise InputError(f"{path}: line {line}: {row[column]!r} is not a structure index value (an integer)")
+        values.append(int(value))
+    return np.array(values, dtype=np.int64)
+
+
+def read_labelled(path, arrays):
+    """Pool rows (positions in idx_train) of the structure index values in `path` (labelled_values),
+    checked: every value a structure of the pool (arrays has structure_index), none twice."""
+    wanted = labelled_values(path)
     values, counts = np.unique(wanted, return_counts=True)
     if (counts > 1).any():
         raise InputError(f"{path}: structure index values listed twice: {values[counts > 1][:5].tolist()}")
@@ -289,13 +365,13 @@ def describe_picks(z_pool, picks, labelled, logger):
                 float(percentile.quantile(0.9)), float(coverage.mean()), float(coverage.max()))
 
 
-def run_selection(args, cfg, arrays, labelled, out_dir, device, logger):
-    """Pick --budget pool molecules with --select after the `labelled` pool rows; write to_label.csv."""
+def run_selection(args, cfg, arrays, labelled, seed, out_dir, device, logger):
+    """Pick --budget pool molecules with --select and `seed` after the `labelled` pool rows; write to_label.csv."""
     start = time.perf_counter()
     z_pool = selection_latents(arrays, cfg, device)
-    picks = selection.Selector(z_pool, cfg)(args.select, args.budget, args.seed, labelled)
+    picks = selection.Selector(z_pool, cfg)(args.select, args.budget, seed, labelled)
     logger.info("picked %d of %d pool molecules (%d labelled before) with %s, seed %d, in %.2f s", args.budget,
-                len(z_pool), len(labelled), args.select, args.seed, time.perf_counter() - start)
+                len(z_pool), len(labelled), args.select, seed, time.perf_counter() - start)
     describe_picks(z_pool, picks, labelled, logger)
     pool_rows = picks.cpu().numpy()
     npz_rows = arrays["idx_train"][pool_rows]
@@ -312,18 +388,21 @@ def main(argv=None):
     arrays = load_latents(args.latents)  # every input is checked before the run folder exists
     if args.select is not None:
         labelled = check_selection_request(args, cfg, arrays)
+        seed = SELECT_SEED if args.seed is None else args.seed
         device = get_device(args.device)
         out_dir = args.out_dir or default_run_dir(cfg, "selection")
+        check_new_run_dir(out_dir)
         with run_folder(out_dir):
             logger = start_run(cfg, out_dir, "selection", "selection.log", latents=str(args.latents),
-                               strategy=args.select, budget=args.budget, seed=args.seed,
+                               strategy=args.select, budget=args.budget, seed=seed,
                                labelled=str(args.labelled) if args.labelled else None)
-            run_selection(args, cfg, arrays, labelled, out_dir, device, logger)
+            run_selection(args, cfg, arrays, labelled, seed, out_dir, device, logger)
         return
     ns = check_plan(cfg, len(arrays["idx_train"]))
     reference = load_references(args.reference)
     device = get_device(args.device)
     out_dir = args.out_dir or default_run_dir(cfg, "sampling")
+    check_new_run_dir(out_dir)
     with run_folder(out_dir):
         logger = start_run(cfg, out_dir, "sampling", "sampling.log", latents=str(args.latents),
                            reference=args.reference)

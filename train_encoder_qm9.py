@@ -26,7 +26,7 @@ import distributed
 from cli import (add_run_arguments, check_new_run_dir, default_run_dir, overrides_from_args, resolve_config, run_cli,
                  run_folder, run_info_name, saved_config, start_run)
 from models import EquivGNNEncoder
-from training import (check_ranks, encoder_hparams, export_descriptor_latents, load_last, log_data,
+from training import (LAST, check_ranks, encoder_hparams, export_descriptor_latents, load_last, log_data,
                       neighbors_within_cutoff, prepare_data, train)
 from utils import InputError, check_split_ratios, get_device, quiet_logger
 
@@ -102,14 +102,20 @@ def main(argv=None):
         cfg = prepared.cfg
         check_ranks(cfg, prepared, ranks)
         avg_neighbors = None if args.resume else neighbors_within_cutoff(prepared, cfg, device)
-        with run_folder(out_dir, resume=args.resume) if ranks.is_main else contextlib.nullcontext():
+        main_folder = run_folder(out_dir, resume=args.resume, resumable=[LAST])
+        with main_folder if ranks.is_main else contextlib.nullcontext():
             checkpoint = load_last(out_dir, cfg, device) if args.resume else None
             if checkpoint is not None:
                 avg_neighbors = checkpoint["encoder_hparams"]["avg_num_neighbors"]
+            elif args.resume:  # stopped before its first checkpoint: nothing trained yet, so start over
+                avg_neighbors = neighbors_within_cutoff(prepared, cfg, device)
             if ranks.is_main:
                 logger = start_run(cfg, out_dir, "encoder", "train.log", run_info_name(args.resume),
                                    processes=ranks.world)
                 log_data(prepared, device, logger)
+                if args.resume and checkpoint is None:
+                    logger.info("%s holds no %s: the run stopped before its first checkpoint; it starts over",
+                                out_dir, LAST)
             else:
                 logger = quiet_logger(f"encoder.rank{ranks.rank}")
             if not args.descriptor_latents:

@@ -140,7 +140,8 @@ def train_epoch(model, optimizer, structures, targets, rows, cfg, noise=None, ra
 
     Each rank's loss is weighted by its share of the batch, times the number of ranks that
     DistributedDataParallel divides the summed gradients by: the step is then that of the whole
-    batch in one process. A final batch with fewer molecules than ranks is skipped."""
+    batch in one process. A batch with fewer molecules than ranks is skipped; an epoch that skips
+    every batch is an error (every rank sees the same batches, so every rank stops)."""
     model.train()
     sizes = descriptors.descriptor_sizes(cfg)
     total, trained = torch.zeros((), device=targets.device), 0
@@ -156,6 +157,9 @@ def train_epoch(model, optimizer, structures, targets, rows, cfg, noise=None, ra
         optimizer.step()
         total += loss.detach() * len(mine)
         trained += len(chunk)
+    if trained == 0:
+        raise InputError(f"{ranks.world} processes: no training batch holds a structure for each process; expected "
+                         f"BATCH_MAX_ATOMS={cfg.BATCH_MAX_ATOMS} to fit {ranks.world} structures at least")
     return ranks.all_sum(total) / trained
 
 
@@ -248,10 +252,14 @@ LAST_KEYS = ("encoder", "decoder", "optimizer", "scheduler", "epoch", "best_val"
 
 
 def load_last(out_dir, cfg, device):
-    """The checkpoint that --resume continues, checked against the run's config.json and --epochs."""
+    """The checkpoint that --resume continues, checked against the run's config.json and --epochs;
+    None for a run stopped before its first checkpoint, which then starts from the beginning."""
     path = out_dir / LAST
     if not path.is_file():
-        raise InputError(f"{path}: not found; nothing to resume")
+        if (out_dir / latents_name(cfg.DATASET)).is_file():
+            raise InputError(f"{path}: not found beside the latents of {out_dir}; nothing to resume (a "
+                             "--descriptor-latents run trains nothing)")
+        return None
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a damaged file raises whatever its first bad byte trips: zip, pickle or EOF errors
@@ -368,9 +376,9 @@ def train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger, ran
         order = epoch_order(train_rows, cfg.SEED, epoch)
         train_loss = float(train_epoch(trained, optimizer, structures, targets, order,
                                        cfg, position_noise(structures, cfg, TRAIN_NOISE, epoch), ranks))
+        check_finite(train_loss, "training", epoch)
         val_loss, val_groups = evaluate(model, structures, targets, val_rows, cfg, val_noise, ranks)
-        if not math.isfinite(val_loss):
-            raise InputError(f"training diverged in epoch {epoch + 1} (validation loss {val_loss}); lower ENC_LR")
+        check_finite(val_loss, "validation", epoch)
         scheduler.step(val_loss)
         seconds = time.perf_counter() - start
         logger.info("epoch %4d/%d train %.5f val %.5f [%s] lr %.2e %.1f s %.0f structures/s", epoch + 1, cfg.ENC_EPOCHS,
@@ -379,6 +387,13 @@ def train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger, ran
         save(epoch + 1, val_loss)
     if ranks.is_main:
         export_latents(out_dir, prepared.structures, prepared.arrays, prepared.split, cfg, device, logger)
+
+
+def check_finite(loss, which, epoch):
+    """A loss that is not finite stops the run before it saves or exports anything of that epoch;
+    the loss is summed over ranks, so every rank stops."""
+    if not math.isfinite(loss):
+        raise InputError(f"training diverged in epoch {epoch + 1} ({which} loss {loss}); lower ENC_LR")
 
 
 def format_groups(losses):

@@ -123,7 +123,7 @@ def test_eval_batch_size_sets_the_no_grad_batches(qm9_root, tmp_path, monkeypatc
 
 def test_compile_changes_how_the_layers_run_not_what_they_compute(qm9_root, tmp_path):
     from torch._dynamo.utils import counters
-    one_layer = ("--set", "ENC_NUM_LAYERS=1")  # one layer keeps the compile time of this test short
+    one_layer = ("--set", "ENC_NUM_LAYERS=1", "--set", "ENC_HIDDEN_IRREPS=16x0e")  # short compile time
     eager = tiny_run(qm9_root, tmp_path / "eager", *one_layer)
     counters.clear()
     compiled = tiny_run(qm9_root, tmp_path / "compiled", *one_layer, "--set", "ENC_COMPILE=True")

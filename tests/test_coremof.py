@@ -211,7 +211,7 @@ def test_target_chooses_the_labels(mof_root, tmp_path):
     (["--target", "homo"], "TARGET='homo': dataset coremof has no such property; expected one of ['LCD',"),
     (["--dataset", "crystals"], "DATASET='crystals': expected one of ['qm9', 'coremof']"),
     (["--set", "ATOM_TYPES=('H', 'C', 'O')"], "atomic numbers [30] that ATOM_TYPES ('H', 'C', 'O') lacks"),
-    (["--set", "HIST_ELEMENTS=('H', 'Q')"], "HIST_ELEMENTS=('H', 'Q'): expected distinct element symbols"),
+    (["--set", "HIST_ELEMENTS=('H', 'Q')"], "HIST_ELEMENTS=('H', 'Q'): 'Q' is not an element symbol"),
 ])
 def test_bad_settings_for_crystals_are_one_line_errors(mof_root, tmp_path, capsys, flags, message):
     out = tmp_path / "run"

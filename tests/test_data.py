@@ -119,6 +119,30 @@ def test_seeded_subset(qm9_arrays):
             data.seeded_subset(qm9_arrays, bad, seed=0)
 
 
+def test_a_size_cap_below_every_structure_names_the_cap(qm9_arrays):
+    with pytest.raises(InputError, match="MAX_STRUCTURE_ATOMS=2: leaves out every structure; the smallest has 3 atoms"):
+        data.drop_large_structures(qm9_arrays, 2)
+
+
+def test_a_subset_larger_than_the_capped_dataset_names_the_cap(qm9_root):
+    cfg = resolve_config({"DATA_ROOT": str(qm9_root), "MAX_STRUCTURE_ATOMS": 4, "MAX_STRUCTURES": 100})
+    with pytest.raises(InputError, match=r"max structures 100: expected 1..\d+, the structures of at most "
+                                         "MAX_STRUCTURE_ATOMS=4 atoms"):
+        data.load_structures(cfg)
+
+
+@pytest.mark.parametrize("elements, message", [
+    (("Xx",), "HIST_ELEMENTS=('Xx',): 'Xx' is not an element symbol; expected symbols such as 'C' or 'Zn'"),
+    (("h", "c"), "HIST_ELEMENTS=('h', 'c'): 'h' is not an element symbol (did you mean 'H'?)"),
+    (("ZN",), "'ZN' is not an element symbol (did you mean 'Zn'?)"),
+    (("C", "H", "C"), "HIST_ELEMENTS=('C', 'H', 'C'): lists ['C'] more than once; expected distinct elements"),
+])
+def test_hist_elements_name_the_unknown_symbol(elements, message):
+    with pytest.raises(InputError) as error:
+        data.check_dataset_settings(resolve_config({"HIST_ELEMENTS": elements}))
+    assert message in str(error.value)
+
+
 def test_gather_returns_the_molecules_asked_for(qm9_arrays):
     subset = data.seeded_subset(qm9_arrays, 40, seed=3)
     structures = data.Structures(subset, ("H", "C", "N", "O", "F"), "cpu")

@@ -114,3 +114,22 @@ def test_a_rank_that_dies_or_hangs_fails_the_run(qm9_root, tmp_path, sig, messag
             rank.kill()
             rank.wait()
 
+
+def test_batches_too_small_for_every_process_stop_both_ranks_with_one_line(qm9_root, tmp_path):
+    """BATCH_MAX_ATOMS=1 makes every batch one molecule, fewer than the two processes: no batch
+    trains, so the run stops before it writes latents of an untrained encoder."""
+    argv = ["--data-root", qm9_root, "--max-molecules", 40, "--epochs", 1, "--set", "BATCH_MAX_ATOMS=1",
+            "--out-dir", tmp_path / "run"]
+    ranks = start_ranks(argv, timeout_seconds=60)
+    try:
+        for rank in ranks:
+            _, stderr = rank.communicate(timeout=300)
+            assert rank.returncode == 2, stderr[-2000:]
+            assert stderr.strip().splitlines()[-1] == ("error: 2 processes: no training batch holds a structure for "
+                                                        "each process; expected BATCH_MAX_ATOMS=1 to fit 2 structures "
+                                                        "at least")
+    finally:
+        for rank in ranks:
+            rank.kill()
+            rank.wait()
+    assert not (tmp_path / "run").exists()

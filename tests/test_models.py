@@ -130,6 +130,13 @@ def test_bad_irreps_are_reported_with_the_value():
         make_encoder("8x0e + 4x0o + 4x1o + 4x1e")  # 0o needs 1o x 1e, which only a third hidden layer has
 
 
+def test_one_layer_reaches_no_hidden_irrep_but_the_kept_vectors():
+    with pytest.raises(InputError, match=r"'8x0e\+4x1o': \[1o\] never appear with ENC_NUM_LAYERS=1"):
+        make_encoder("8x0e+4x1o", num_layers=1)
+    assert str(make_encoder("8x0e+4x1o", num_layers=1, keep_vectors=True).last_irreps) == "8x0e+4x1o"
+    assert str(make_encoder("8x0e", num_layers=1).last_irreps) == "8x0e"
+
+
 def test_odd_parity_irreps_appear_layer_by_layer():
     encoder = make_encoder("8x0e + 4x0o + 4x1o + 4x1e", num_layers=4)
     assert [str(layer.irreps_out) for layer in encoder.layers] == [

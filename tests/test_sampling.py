@@ -1,4 +1,9 @@
 """The property heads, the statistics, the experiment script end to end and selection-only runs."""
+import re
+import resource
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +19,7 @@ import sampling_mlp_experiment as sm
 import selection
 import utils
 from cli import resolve_config
-from conftest import expect_input_error, write_synthetic_latents
+from conftest import ROOT, expect_input_error, write_synthetic_latents
 
 # --- heads ----------------------------------------------------------------------------
 
@@ -228,6 +233,53 @@ def test_reference_curves_come_from_another_runs_summary(experiment, tmp_path):
     assert (tmp_path / "out" / "curve_mae.png").exists()
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda frame: frame.assign(n_labels=frame["n_labels"].astype(str).str.replace("40", "forty")),
+     "has n_labels 'forty'; expected a positive integer"),
+    (lambda frame: frame.assign(n_labels=frame["n_labels"] + 0.5), "has n_labels '10.5'; expected a positive integer"),
+    (lambda frame: frame.assign(mae_mean="low"), "line 2 has mae_mean 'low'; expected a finite, non-negative number"),
+    (lambda frame: frame.assign(mae_mean=-frame["mae_mean"]), "has mae_mean '-"),
+    (lambda frame: frame.assign(p95_abs_error_mean=np.inf), "has p95_abs_error_mean 'inf'; expected a finite"),
+    (lambda frame: frame.assign(strategy=frame["strategy"].where(frame.index > 0)), "line 2 has no strategy; expected one on every line"),
+    (lambda frame: pd.concat([frame, frame.tail(1)]), "lists head mlp, strategy typiclust, n_labels 150 twice"),
+])
+def test_a_reference_summary_with_bad_values_is_named(capsys, tmp_path, experiment, change, message):
+    path = tmp_path / "summary.csv"
+    change(pd.read_csv(experiment / "summary.csv")).to_csv(path, index=False)
+    args = ["--latents", str(write_synthetic_latents(tmp_path / "latents.npz")), "--out-dir", str(tmp_path / "out"),
+            "--ns", "10", "--reference", str(path)]
+    got = expect_input_error(capsys, sm.main, args)
+    assert got.startswith(f"error: {path}: reference summary") and message in got
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_reference_of_random_bytes_is_not_readable(capsys, tmp_path):
+    path = tmp_path / "summary.csv"
+    path.write_bytes(np.random.default_rng(0).bytes(2000))
+    args = ["--latents", str(write_synthetic_latents(tmp_path / "latents.npz")), "--out-dir", str(tmp_path / "out"),
+            "--ns", "10", "--reference", str(path)]
+    assert f"error: {path}: reference summary" in expect_input_error(capsys, sm.main, args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_leaves_no_run_folder(tmp_path):
+    limit = 100  # bytes: smaller than config.json, the first file a run writes
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    latents_path = write_synthetic_latents(tmp_path / "latents.npz")
+    for argv in (["--ns", "10", "--seeds", "0", "--heads", "krr"], ["--select", "random", "--budget", "5"]):
+        out = tmp_path / "out"
+        done = subprocess.run([sys.executable, str(ROOT / "sampling_mlp_experiment.py"), "--latents", str(latents_path),
+                               "--out-dir", str(out), *argv], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              preexec_fn=limit_file_size)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert re.fullmatch(rf"error: {out}/config\.json: cannot write \(File too large\); the previous file, if any, "
+                            "is unchanged", done.stderr.strip().splitlines()[-1])
+        assert not out.exists()
+
+
 def labelled_file(path, lines):
     path.write_text("\n".join(str(line) for line in lines) + "\n")
     return path
@@ -267,8 +319,13 @@ def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
     ({}, ["--ns", "1", "10"], "label budgets [1]: each N must be in 2..420"),
     ({}, ["--strategies", "random", "uncertainty"], "strategies ['uncertainty']: expected one or more of"),
     ({}, ["--heads", "mlp", "gp"], "heads ['gp']: expected one or more of ['mlp', 'krr']"),
-    ({}, ["--set", "HEAD=[]"], "heads []: expected one or more of"),
-    ({}, ["--set", "SAMPLING_NS=[]"], "the list of label budgets N is empty"),
+    ({}, ["--set", "HEAD=[]"], "HEAD=[]: expected one or more entries"),
+    ({}, ["--set", "SAMPLING_NS=[]"], "SAMPLING_NS=[]: expected one or more entries"),
+    ({}, ["--set", "KRR_WIDTHS=[]"], "KRR_WIDTHS=[]: expected one or more entries"),
+    ({}, ["--set", "KRR_RIDGES=[]"], "KRR_RIDGES=[]: expected one or more entries"),
+    ({}, ["--set", "SAMPLING_SEEDS=[]"], "SAMPLING_SEEDS=[]: expected one or more entries"),
+    ({}, ["--set", "SAMPLING_STRATEGIES=[]"], "SAMPLING_STRATEGIES=[]: expected one or more entries"),
+    ({"z_all": np.zeros((0, 16), np.float32), "y_all": np.zeros(0)}, [], "z_all has no rows; expected one latent per"),
     ({}, ["--strategies", "random", "kcenter", "kcenter"], "one listed twice would count its seeds twice"),
     ({}, ["--set", "SAMPLING_NS=[10, 20.5]"], "SAMPLING_NS=20.5: expected int"),
     ({}, ["--set", "MLP_BATCH_SIZE=0"], "MLP_BATCH_SIZE=0: expected a positive number"),
@@ -288,6 +345,15 @@ def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
     ({}, ["--select", "kmeans", "--budget", "421"], "--budget 421: expected 1..420"),
     ({}, ["--select", "kmeans"], "--budget None: expected 1..420"),
     ({"structure_index": None}, ["--select", "kmeans", "--budget", "5"], "the latents npz has no structure_index"),
+    ({}, ["--select", "random", "--budget", "5", "--seed", str(2**64)],
+     "--seed=18446744073709551616: expected a seed in 0..4294967295"),
+    ({}, ["--select", "random", "--budget", "5", "--seed", "-1"], "--seed=-1: expected a seed in 0..4294967295"),
+    ({}, ["--select", "random", "--budget", "5", "--reference", "summary.csv"],
+     "--reference: not used by --select, which trains no heads"),
+    ({}, ["--select", "random", "--budget", "5", "--ns", "10", "--heads", "krr", "--mlp-lr", "0.1"],
+     "--heads --ns --mlp-lr: not used by --select"),
+    ({}, ["--ns", "10", "--budget", "5"], "--budget: used only with --select"),
+    ({}, ["--ns", "10", "--labelled", "done.txt", "--seed", "3"], "--labelled --seed: used only with --select"),
 ])
 def test_bad_input_exits_with_one_line_before_any_output(capsys, tmp_path, replace, argv, message):
     npz = write_synthetic_latents(tmp_path / "latents.npz", **replace)
@@ -341,7 +407,12 @@ def test_a_folder_holding_a_run_is_refused(capsys, tmp_path, experiment):
     (lambda pool: [pool[0], 100000], "1 structure index values are not in the training pool of the npz (0 of them in its "
                                      "validation or test split), e.g. [100000]"),
     (lambda pool: ["rank,pool_row", "1,4"], "expected a structure_index column or one structure index value a line"),
-    (lambda pool: [pool[0], "7.5"], "not a structure index value"),
+    (lambda pool: [pool[0], "7.5"], "line 2: '7.5' is not a structure index value (an integer)"),
+    (lambda pool: ["7.5", pool[0]], "line 1: '7.5' is not a structure index value (an integer)"),
+    (lambda pool: ["rank,structure_index", f"1,{pool[0]}", "2"], "line 3 has 1 columns; expected structure_index in "
+                                                                  "column 2"),
+    (lambda pool: ["rank,structure_index", f"1,{pool[0]}", "2,nan"], "line 3: 'nan' is not a structure index value"),
+    (lambda pool: [pool[0], "", f"{pool[1]},{pool[2]}"], "line 3 holds 2 values; expected one structure index value"),
 ])
 def test_bad_labelled_file_exits_with_one_line_before_any_output(capsys, tmp_path, lines, message):
     latents_path = write_synthetic_latents(tmp_path / "latents.npz")
@@ -352,6 +423,19 @@ def test_bad_labelled_file_exits_with_one_line_before_any_output(capsys, tmp_pat
             str(labelled_file(tmp_path / "done.csv", lines(pool)))]
     assert message in expect_input_error(capsys, sm.main, args)
     assert not out.exists()
+
+
+def test_labelled_files_with_or_without_a_header_a_byte_order_mark_or_float_values_read_alike(tmp_path):
+    arrays = latents.load_latents(write_synthetic_latents(tmp_path / "latents.npz"))
+    pool = arrays["structure_index"][arrays["idx_train"]]
+    texts = {"bare": f"{pool[4]}\n{pool[9]}\n", "floats": f"{pool[4]}.0\n\n{float(pool[9])}\n",
+             "header": f"structure_index\n{pool[4]}\n{pool[9]}\n",
+             "csv": f'rank,structure_name,structure_index\n1,"a, b",{pool[4]}\n2,c,{pool[9]}.0\n'}
+    for name, text in texts.items():
+        for encoding in ("utf-8", "utf-8-sig"):  # the second starts with a byte-order mark, as spreadsheets write
+            path = tmp_path / f"{name}.csv"
+            path.write_text(text, encoding=encoding)
+            assert sm.read_labelled(path, arrays).tolist() == [4, 9], (name, encoding)
 
 
 def test_labelled_molecules_of_the_test_split_are_named_as_such(capsys, tmp_path):

@@ -142,11 +142,25 @@ def test_command_line_exit_status_and_message(tmp_path):
                                                 f"(Not a directory)"]
 
 
-def test_divergence_is_reported_by_epoch(capsys, qm9_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "evaluate", lambda *args: (float("nan"), {}))
+@pytest.mark.parametrize("which", ["training", "validation"])
+def test_a_non_finite_loss_stops_the_run_and_leaves_nothing(capsys, qm9_root, tmp_path, monkeypatch, which):
+    if which == "training":
+        monkeypatch.setattr(training, "train_epoch", lambda *args: torch.tensor(float("inf")))
+    else:
+        monkeypatch.setattr(training, "evaluate", lambda *args: (float("nan"), {}))
     message = expect_input_error(capsys, tr.main, ["--data-root", str(qm9_root), "--out-dir", str(tmp_path),
                                                    "--max-molecules", "40", "--epochs", "2"])
-    assert message == "error: training diverged in epoch 1 (validation loss nan); lower ENC_LR"
+    loss = "inf" if which == "training" else "nan"
+    assert message == f"error: training diverged in epoch 1 ({which} loss {loss}); lower ENC_LR"
+    assert list(tmp_path.iterdir()) == []  # the folder was there before the run: it stays, empty
+
+
+def test_a_diverging_learning_rate_leaves_no_run_folder(capsys, qm9_root, tmp_path):
+    out = tmp_path / "runs" / "diverged"
+    message = expect_input_error(capsys, tr.main, ["--data-root", str(qm9_root), "--out-dir", str(out),
+                                                   "--max-molecules", "40", "--epochs", "2", "--lr", "1e6"])
+    assert re.fullmatch(r"error: training diverged in epoch 1 \((training|validation) loss nan\); lower ENC_LR", message)
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- resume and the run folder -------------------------------------------------------
@@ -226,6 +240,25 @@ def test_a_second_run_into_a_used_folder_is_refused(capsys, finished_run, qm9_ro
         message = expect_input_error(capsys, tr.main, ["--resume", "--epochs", "4", "--out-dir", str(finished_run)])
     assert f"{finished_run}: another run is writing into this folder now" in message
     assert folder_bytes(finished_run) == before
+
+
+def test_resume_starts_a_run_killed_before_its_first_checkpoint_from_the_beginning(qm9_root, tmp_path):
+    run_train(["--data-root", qm9_root, "--max-molecules", 40, "--epochs", 1, "--out-dir", tmp_path / "straight"])
+    killed = Path(shutil.copytree(tmp_path / "straight", tmp_path / "killed"))
+    for name in (training.LAST, latents.latents_name("qm9")):  # killed in epoch 1, between the two checkpoints
+        (killed / name).unlink()
+    run_train(["--resume", "--out-dir", killed])
+    assert "the run stopped before its first checkpoint; it starts over" in (killed / "train.log").read_text()
+    straight, resumed = (read_npz(run / latents.latents_name("qm9")) for run in (tmp_path / "straight", killed))
+    np.testing.assert_array_equal(straight["z_all"], resumed["z_all"])
+    assert_same_tensors(torch.load(tmp_path / "straight" / training.LAST)["encoder"],
+                        torch.load(killed / training.LAST)["encoder"], "encoder")
+
+
+def test_resume_refuses_a_folder_of_latents_without_a_checkpoint(capsys, qm9_root, tmp_path):
+    run_train(["--data-root", qm9_root, *SMALL, "--descriptor-latents", "--out-dir", tmp_path / "descriptors"])
+    message = expect_input_error(capsys, tr.main, ["--resume", "--out-dir", str(tmp_path / "descriptors")])
+    assert f"{tmp_path / 'descriptors' / training.LAST}: not found beside the latents" in message
 
 
 def test_temporary_files_of_a_killed_run_are_removed(finished_run):

@@ -1,7 +1,9 @@
 """Splits, metrics, logging, plots, configs and safe output."""
+import errno
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -103,6 +105,26 @@ def test_config_overrides_are_typed_and_unknown_keys_fail():
         cli.parse_set_args(["ENC_LR"])
 
 
+LIST_SETTINGS = sorted(name for name, value in vars(cli.default_config()).items()
+                       if isinstance(value, (tuple, list, dict)))
+
+
+@pytest.mark.parametrize("name", LIST_SETTINGS)
+def test_list_settings_must_not_be_empty_except_hist_elements(name):
+    empty = type(getattr(cli.default_config(), name))()
+    if name in cli.MAY_BE_EMPTY:
+        assert getattr(cli.resolve_config({name: empty}), name) == empty
+    else:
+        with pytest.raises(InputError, match=re.escape(f"{name}={empty!r}: expected one or more entries")):
+            cli.resolve_config({name: empty})
+
+
+def test_an_empty_atom_types_list_is_refused_while_none_stands_for_the_data():
+    with pytest.raises(InputError, match=re.escape("ATOM_TYPES=[]: expected one or more entries")):
+        cli.resolve_config({"ATOM_TYPES": []})
+    assert cli.resolve_config({"ATOM_TYPES": None}).ATOM_TYPES is None
+
+
 def test_config_round_trips_through_json():
     cfg = cli.resolve_config({"ATOM_TYPES": ["H", "C"], "ENC_EPOCHS": 7})
     again = cli.config_from_json(cli.config_json(cfg), "test")
@@ -170,6 +192,56 @@ def test_run_folder_is_locked_and_cleaned(tmp_path):
             pass
     with cli.run_folder(tmp_path / "run", resume=True):  # the lock went with the first run
         pass
+
+
+def failed_run(out_dir, error=InputError("diverged"), resume=False, resumable=(), write=("config.json",)):
+    """A run that writes `write` into its folder, then raises `error`."""
+    with pytest.raises(type(error)):
+        with cli.run_folder(out_dir, resume=resume, resumable=resumable) as run:
+            for name in write:
+                (run / name).write_text("x")
+            raise error
+
+
+def test_a_new_run_that_fails_removes_what_it_made_and_nothing_else(tmp_path):
+    failed_run(tmp_path / "a" / "b" / "run")  # made with its parents: all three go
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(InputError):  # made with a parent that another run started to use meanwhile: it stays
+        with cli.run_folder(tmp_path / "runs" / "new" / "run"):
+            (tmp_path / "runs" / "sibling").mkdir()
+            raise InputError("diverged")
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["sibling"]
+    shutil.rmtree(tmp_path / "runs")
+    (tmp_path / "mine").mkdir()  # a folder that was there before stays, empty again
+    failed_run(tmp_path / "mine", write=("config.json", "train.log"))
+    assert list((tmp_path / "mine").iterdir()) == []
+    failed_run(tmp_path / "partial", write=("config.json", "last.pt"), resumable=["last.pt"])  # --resume continues it
+    assert {p.name for p in (tmp_path / "partial").iterdir()} == {"config.json", "last.pt"}
+    failed_run(tmp_path / "partial", resume=True, write=("train.log",))  # a resumed run's folder is kept
+    assert {p.name for p in (tmp_path / "partial").iterdir()} == {"config.json", "last.pt", "train.log"}
+    failed_run(tmp_path / "killed", error=KeyboardInterrupt())  # Ctrl-C: the files so far are complete
+    assert [p.name for p in (tmp_path / "killed").iterdir()] == ["config.json"]
+    with pytest.raises(InputError, match="already holds files of a run"):  # another run's folder is never touched
+        with cli.run_folder(tmp_path / "killed"):
+            pass
+    assert [p.name for p in (tmp_path / "killed").iterdir()] == ["config.json"]
+
+
+def test_a_read_only_output_folder_gets_one_message_from_both_scripts(capsys, tmp_path, monkeypatch):
+    import sampling_mlp_experiment
+    import train_encoder_qm9
+    from conftest import expect_input_error, write_synthetic_latents
+    latents = write_synthetic_latents(tmp_path / "latents.npz")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", read_only)
+    messages = [expect_input_error(capsys, main, [*argv, "--out-dir", str(tmp_path / "out")]) for main, argv in (
+        (train_encoder_qm9.main, []), (sampling_mlp_experiment.main, ["--latents", str(latents), "--ns", "10"]),
+        (sampling_mlp_experiment.main, ["--latents", str(latents), "--select", "random", "--budget", "5"]))]
+    assert messages == [f"error: output directory {tmp_path / 'out'}: not writable (Read-only file system)"] * 3
+    assert not (tmp_path / "out").exists()
 
 
 def test_ctrl_c_is_one_line_and_status_130(capsys):
