@@ -66,10 +66,10 @@ DIST_TIMEOUT_S = 600  # under torchrun: seconds a process waits for the others b
 MLP_HIDDEN_DIM = 256  # width of the residual blocks
 MLP_LAYERS = 3  # residual blocks between in_proj and out_proj
 MLP_LR = 1e-3  # Adam learning rate
-MLP_EPOCHS = 200  # upper bound; early stopping usually ends sooner
+MLP_EPOCHS = 200  # upper bound on a head's epochs; its tuning (HEAD_TUNING) usually ends sooner
 MLP_BATCH_SIZE = 64  # labelled molecules per step (a budget below this is one full batch)
-MLP_PATIENCE = 20  # epochs without validation-MAE improvement before a head stops
-MLP_VAL_SIZE = 2000  # seeded subset of the validation split used for early stopping; None: all of it
+MLP_PATIENCE = 20  # epochs without improvement of the tuning MAE (held-out folds or validation) before a stop
+MLP_VAL_SIZE = 2000  # seeded subset of the validation split: val_mae, and tuning under HEAD_TUNING="validation"
 
 # --- label selection experiment ----------------------------------------------------
 SAMPLING_NS = [10, 20, 50, 100, 200, 500, 1000]  # label budgets N, each a fresh head
@@ -85,7 +85,11 @@ HERDING_SAMPLE = 10_000  # pool molecules whose kernel mean estimates the pool d
 # --- heads of the experiment -------------------------------------------------------
 HEAD = ["mlp", "krr"]  # mlp: the ResidualMLP above; krr: kernel ridge regression; a name or a list
 KRR_WIDTHS = [0.25, 0.5, 1.0, 2.0]  # Gaussian kernel widths tried, in median pairwise distances of the labels' latents
-KRR_RIDGES = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # ridge penalties tried; the pair with the lowest val MAE is kept
+KRR_RIDGES = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # ridge penalties tried; the pair with the lowest tuning error is kept
+HEAD_TUNING = "labels"  # "labels": each head tunes on its N labels alone (MLP epochs by k-fold CV, KRR by
+# leave-one-out), as a user with N labels must; "validation": early stopping and the KRR grid on MLP_VAL_SIZE
+# labelled validation structures, more labels than the budget (kept to compare)
+HEAD_CV_FOLDS = 5  # folds of the MLP's epoch-count cross-validation under HEAD_TUNING="labels"; every N needs as many
 
 # --- pretrained-potential latents (export_pretrained_latents.py) --------------------
 PRETRAINED_MODEL = "sevennet-0"  # "sevennet-0", "sevennet-l3i5" (sevenn) or "chgnet" (chgnet), frozen

@@ -2,10 +2,12 @@
 and Gaussian kernel ridge regression."""
 import copy
 
+import numpy as np
 import torch
 
 import selection
 from models import ResidualMLP
+from utils import InputError
 
 HEADS = ("mlp", "krr")
 
@@ -78,30 +80,51 @@ def keep_heads(params, optimizer, keep):
     return kept, kept_optimizer
 
 
-def train_mlp_heads(x, y, x_val, y_val, seeds, cfg):
-    """H heads at once, each exactly as train_mlp would train it alone (own init, batch order and
-    early stopping); a head that stops leaves the stack, so no work is spent on it afterwards.
-    x (H, N, d), y (H, N) standardized per head; x_val (V, d) shared, y_val (H, V).
-    Returns (best parameters {name: (H, ...)}, best epoch (H,) and its validation MAE (H,) per head,
-    the StackedHeads)."""
-    num_heads, n = y.shape
-    heads = StackedHeads(seeds, x.shape[2], cfg, x.device, x.dtype)
+def train_stack(heads, x, y, seeds, cfg, after_epoch, source=None, weight=None):
+    """The epoch loop of stacked heads. Stack head s trains on x[source[s]] (N, d), y[source[s]] (N,)
+    (source (S,), default s); each draws its own shuffle and takes Adam steps on the MSE of its batches,
+    as train_mlp does, counting only rows where `weight` (S, N) is 1 when given. After every epoch,
+    after_epoch(params, live, epoch) returns which live heads go on (bool, (len(live),)); the others
+    leave the stack, so no work is spent on them afterwards."""
     params = heads.initial_params
     optimizer = torch.optim.Adam(params.values(), lr=cfg.MLP_LR)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    best = {name: p.detach().clone() for name, p in params.items()}
-    best_mae = torch.full((num_heads,), float("inf"), dtype=x.dtype, device=x.device)
-    best_epoch = torch.zeros(num_heads, dtype=torch.long, device=x.device)
-    live = torch.arange(num_heads, device=x.device)  # heads still training, in stack order
+    source = torch.arange(len(seeds), device=x.device) if source is None else source
+    live = torch.arange(len(seeds), device=x.device)  # heads still training, in stack order
     for epoch in range(1, cfg.MLP_EPOCHS + 1):
         # each head's own shuffle, as train_mlp draws it; one copy to the device per epoch
-        order = torch.stack([torch.randperm(n, generator=generators[h]) for h in live.tolist()]).to(x.device)
+        order = torch.stack([torch.randperm(x.shape[1], generator=generators[h]) for h in live.tolist()]).to(x.device)
+        data = source[live][:, None]  # (live heads, 1): whose rows each live head trains on
         for rows in order.split(cfg.MLP_BATCH_SIZE, dim=1):  # (live heads, B)
-            prediction = heads.per_head(params, x[live[:, None], rows])
-            loss = ((prediction - y[live[:, None], rows]) ** 2).mean(dim=1).sum()
+            squared = (heads.per_head(params, x[data, rows]) - y[data, rows]) ** 2
+            if weight is None:
+                loss = squared.mean(dim=1).sum()
+            else:
+                w = weight[live[:, None], rows]
+                loss = ((squared * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        going = after_epoch(params, live, epoch)
+        if not bool(going.all()):  # the one host sync of an epoch
+            live = live[going]
+            if len(live) == 0:
+                break
+            params, optimizer = keep_heads(params, optimizer, going)
+
+
+def train_mlp_heads(x, y, x_val, y_val, seeds, cfg):
+    """H heads at once, each exactly as train_mlp would train it alone (own init, batch order and
+    early stopping on validation MAE). x (H, N, d), y (H, N) standardized per head; x_val (V, d)
+    shared, y_val (H, V). Returns (best parameters {name: (H, ...)}, best epoch (H,) and its
+    validation MAE (H,) per head, the StackedHeads)."""
+    num_heads = len(seeds)
+    heads = StackedHeads(seeds, x.shape[2], cfg, x.device, x.dtype)
+    best = {name: p.detach().clone() for name, p in heads.initial_params.items()}
+    best_mae = torch.full((num_heads,), float("inf"), dtype=x.dtype, device=x.device)
+    best_epoch = torch.zeros(num_heads, dtype=torch.long, device=x.device)
+
+    def after_epoch(params, live, epoch):
         with torch.no_grad():
             val_mae = (heads.shared(params, x_val) - y_val[live]).abs().mean(dim=1)
         improved = val_mae < best_mae[live]
@@ -110,13 +133,98 @@ def train_mlp_heads(x, y, x_val, y_val, seeds, cfg):
             best[name][live] = torch.where(mask, p.detach(), best[name][live])
         best_mae[live] = torch.where(improved, val_mae, best_mae[live])
         best_epoch[live] = torch.where(improved, epoch, best_epoch[live])
-        going = epoch - best_epoch[live] < cfg.MLP_PATIENCE
-        if not bool(going.all()):  # the one host sync of an epoch
-            live = live[going]
-            if len(live) == 0:
-                break
-            params, optimizer = keep_heads(params, optimizer, going)
+        return epoch - best_epoch[live] < cfg.MLP_PATIENCE
+
+    train_stack(heads, x, y, seeds, cfg, after_epoch)
     return best, best_epoch, best_mae, heads
+
+
+def cv_folds(n, seeds, folds):
+    """Seeded folds of each head's n rows: the fold of every row (H, n), and the rows of every fold
+    (H, folds, M), M = ceil(n / folds), padded with row 0 where `real` (folds, M) is False. A numpy
+    permutation seeded with the head's seed ranks the rows, and fold f holds ranks f, f + folds, ...
+    (torch's generator of that seed draws the head's batch order, which the folds should not follow)."""
+    ranks = np.stack([np.random.default_rng(seed).permutation(n) for seed in seeds])  # (H, n)
+    size = -(-n // folds)
+    by_rank = np.zeros((len(seeds), size * folds), dtype=np.int64)
+    by_rank[:, :n] = ranks.argsort(axis=1)
+    real = (np.arange(size * folds) < n).reshape(size, folds).T
+    return ranks % folds, by_rank.reshape(len(seeds), size, folds).transpose(0, 2, 1), real
+
+
+def cv_epochs(x, y, seeds, cfg):
+    """The epoch count of each head, chosen by HEAD_CV_FOLDS-fold cross-validation on its own N labels:
+    x (H, N, d), y (H, N) standardized. Each head has one copy per fold, with the head's initialisation
+    and batch order, trained on the other folds' rows; all copies of all heads train together. A row
+    left out is masked, not dropped, so a copy takes as many steps per epoch as the refit on all N
+    rows will. The count is the epoch with the lowest held-out MAE pooled over the folds; a head's
+    copies stop together MLP_PATIENCE epochs after it. Returns (epochs (H,), that MAE (H,))."""
+    num_heads, n = y.shape
+    folds = cfg.HEAD_CV_FOLDS
+    fold_of_row, fold_rows, real = (torch.as_tensor(a, device=x.device) for a in cv_folds(n, seeds, folds))
+    source = torch.arange(num_heads, device=x.device).repeat_interleave(folds)  # copy h * folds + f: head h, fold f
+    copy_fold = torch.arange(folds, device=x.device).repeat(num_heads)
+    train_weight = (fold_of_row[source] != copy_fold[:, None]).to(x.dtype)  # (S, N)
+    held_rows = fold_rows.reshape(len(source), -1)  # (S, M)
+    x_held, y_held = x[source[:, None], held_rows], y[source[:, None], held_rows]
+    held_real = real.repeat(num_heads, 1).to(x.dtype)  # (S, M)
+    copy_seeds = [seeds[h] for h in source.tolist()]
+    heads = StackedHeads(copy_seeds, x.shape[2], cfg, x.device, x.dtype)
+    best_mae = torch.full((num_heads,), float("inf"), dtype=x.dtype, device=x.device)
+    best_epoch = torch.zeros(num_heads, dtype=torch.long, device=x.device)
+
+    def after_epoch(params, live, epoch):
+        with torch.no_grad():
+            error = (heads.per_head(params, x_held[live]) - y_held[live]).abs() * held_real[live]
+        pooled = error.sum(dim=1).view(-1, folds).sum(dim=1) / n  # (live heads,): a head's copies are adjacent
+        mine = source[live][::folds]
+        improved = pooled < best_mae[mine]
+        best_mae[mine] = torch.where(improved, pooled, best_mae[mine])
+        best_epoch[mine] = torch.where(improved, epoch, best_epoch[mine])
+        return (epoch - best_epoch[mine] < cfg.MLP_PATIENCE).repeat_interleave(folds)
+
+    train_stack(heads, x, y, copy_seeds, cfg, after_epoch, source=source, weight=train_weight)
+    return best_epoch, best_mae
+
+
+def train_mlp_epochs(x, y, seeds, epochs, cfg):
+    """H heads trained together on all their rows, head h for epochs[h] epochs (at least one): x (H, N, d),
+    y (H, N) standardized. Returns (parameters {name: (H, ...)}, the StackedHeads)."""
+    heads = StackedHeads(seeds, x.shape[2], cfg, x.device, x.dtype)
+    final = {name: p.detach().clone() for name, p in heads.initial_params.items()}
+
+    def after_epoch(params, live, epoch):
+        done = epochs[live] <= epoch
+        for name, p in params.items():
+            final[name][live[done]] = p.detach()[done]
+        return ~done
+
+    train_stack(heads, x, y, seeds, cfg, after_epoch)
+    return final, heads
+
+
+def check_kernel_width(x, where):
+    """Refuse labelled latents x (N, d) whose median pairwise distance is 0 (more than half the pairs
+    identical rows): every kernel width is a multiple of it, and a zero width has no Gaussian kernel.
+    Refused rather than patched: any other width would be a setting nobody chose, and such latents
+    cannot tell the structures apart. Counted exactly; squared_distances would blur 0 into rounding."""
+    _, counts = torch.unique(x, dim=0, return_counts=True)
+    identical, pairs = int((counts * (counts - 1) // 2).sum()), len(x) * (len(x) - 1) // 2
+    if identical > (pairs - 1) // 2:  # pairwise_median takes the lower median, sorted position (pairs - 1) // 2
+        raise InputError(f"{where}: {identical} of the {pairs} pairs of the {len(x)} labelled structures have "
+                         "identical latents, so the kernel ridge head's width (KRR_WIDTHS times their median "
+                         "distance) would be 0; use other latents or drop krr from HEAD")
+
+
+def krr_eigen(x, widths):
+    """Per width of `widths` (multiples of the median pairwise distance of x (N, d) float64), the
+    Gaussian kernel's gamma and eigendecomposition: (width, gamma, eigenvalues (N,), eigenvectors (N, N))."""
+    check_kernel_width(x, "kernel ridge head")
+    squared = selection.squared_distances(x, x)
+    median = selection.pairwise_median(squared)
+    for width in widths:
+        gamma = 1.0 / (2.0 * (width * median) ** 2)
+        yield (width, gamma, *torch.linalg.eigh(torch.exp(-gamma * squared)))
 
 
 def krr_fit(x, y, x_val, y_val, widths, ridges):
@@ -125,13 +233,9 @@ def krr_fit(x, y, x_val, y_val, widths, ridges):
     grid with the lowest MAE on x_val (V, d), y_val (V,). One eigendecomposition per width serves
     every ridge: alpha = Q (L + ridge)^-1 Q^T y. Returns {x, alpha (N,), gamma, width, ridge, val_mae}."""
     x, y, x_val, y_val = (t.double() for t in (x, y, x_val, y_val))
-    squared = selection.squared_distances(x, x)
-    median = selection.pairwise_median(squared)
     val_squared = selection.squared_distances(x_val, x)
     best = {"val_mae": float("inf")}
-    for width in widths:
-        gamma = 1.0 / (2.0 * (width * median) ** 2)
-        eigenvalues, eigenvectors = torch.linalg.eigh(torch.exp(-gamma * squared))
+    for width, gamma, eigenvalues, eigenvectors in krr_eigen(x, widths):
         projected = eigenvectors.T @ y  # (N,)
         val_basis = torch.exp(-gamma * val_squared) @ eigenvectors  # (V, N)
         for ridge in ridges:
@@ -140,6 +244,26 @@ def krr_fit(x, y, x_val, y_val, widths, ridges):
             if val_mae < best["val_mae"]:
                 best = {"x": x, "alpha": eigenvectors @ coefficients, "gamma": gamma, "width": width, "ridge": ridge,
                         "val_mae": val_mae}
+    return best
+
+
+def krr_fit_loo(x, y, widths, ridges):
+    """As krr_fit, but the width and ridge are the pair with the lowest leave-one-out MAE on the N labels
+    themselves, in closed form: with K = Q diag(l) Q^T and G = Q (l + ridge)^-1 Q^T, alpha = G y and
+    the residual of point i, fitted without it, is alpha_i / G_ii (the width stays that of all N).
+    Returns {x, alpha (N,), gamma, width, ridge, loo_mae}."""
+    x, y = x.double(), y.double()
+    ridges = torch.tensor(ridges, dtype=torch.float64, device=x.device)
+    best = {"loo_mae": float("inf")}
+    for width, gamma, eigenvalues, eigenvectors in krr_eigen(x, widths):
+        inverse = 1.0 / (eigenvalues[None, :] + ridges[:, None])  # (R, N)
+        alpha = (inverse * (eigenvectors.T @ y)) @ eigenvectors.T  # (R, N)
+        diagonal = inverse @ (eigenvectors ** 2).T  # (R, N): G_ii
+        loo_mae = (alpha / diagonal).abs().mean(dim=1)  # (R,)
+        r = int(loo_mae.argmin())  # the first of equals, as krr_fit keeps it
+        if float(loo_mae[r]) < best["loo_mae"]:
+            best = {"x": x, "alpha": alpha[r], "gamma": gamma, "width": width, "ridge": float(ridges[r]),
+                    "loo_mae": float(loo_mae[r])}
     return best
 
 
@@ -158,23 +282,35 @@ def budget_inputs(chosen, inputs):
     return x_pool[chosen], (y_chosen - mean) / std, (inputs["val"][1][None] - mean) / std, (mean, std)
 
 
-def fit_mlp_heads(x, y, y_val, inputs, seeds, cfg):
-    """Test predictions (H, T) and validation MAEs (H,) in standardized units of MLP heads trained
-    together, and per head its extra result columns."""
-    params, best_epoch, best_mae, heads = train_mlp_heads(x, y, inputs["val"][0], y_val, seeds, cfg)
+def fit_mlp_heads(x, y, val, test_x, seeds, cfg):
+    """MLP heads trained together, tuned per HEAD_TUNING: "labels", the epoch count cross-validated on
+    each head's own labels (cv_epochs), then a refit on all of them; "validation", early stopping on
+    val = (x_val (V, d), y_val (H, V)). Returns test predictions (H, T) and validation MAEs (H,), in
+    standardized units, the latter measured after the fit, and per head its extra result columns."""
+    if cfg.HEAD_TUNING == "labels":
+        epochs, _ = cv_epochs(x, y, seeds, cfg)
+        params, heads = train_mlp_epochs(x, y, seeds, epochs, cfg)
+    else:
+        params, epochs, _, heads = train_mlp_heads(x, y, *val, seeds, cfg)
     with torch.no_grad():
-        predictions = heads.shared(params, inputs["test"][0])
-    return predictions, best_mae, [{"best_epoch": epoch} for epoch in best_epoch.tolist()]
+        predictions, val_predictions = heads.shared(params, test_x), heads.shared(params, val[0])
+    return predictions, (val_predictions - val[1]).abs().mean(dim=1), [{"best_epoch": e} for e in epochs.tolist()]
 
 
-def fit_krr_heads(x, y, y_val, inputs, seeds, cfg):
-    """As fit_mlp_heads, for kernel ridge heads fitted one after the other."""
+def fit_krr_heads(x, y, val, test_x, seeds, cfg):
+    """As fit_mlp_heads, for kernel ridge heads fitted one after the other, the width and ridge chosen
+    by leave-one-out error on the head's labels ("labels") or by the validation MAE ("validation")."""
     predictions, val_mae, columns = [], [], []
     for h in range(len(seeds)):
-        model = krr_fit(x[h], y[h], inputs["val"][0], y_val[h], cfg.KRR_WIDTHS, cfg.KRR_RIDGES)
-        predictions.append(krr_predict(model, inputs["test"][0]))
-        val_mae.append(model["val_mae"])
+        if cfg.HEAD_TUNING == "labels":
+            model = krr_fit_loo(x[h], y[h], cfg.KRR_WIDTHS, cfg.KRR_RIDGES)
+        else:
+            model = krr_fit(x[h], y[h], val[0], val[1][h], cfg.KRR_WIDTHS, cfg.KRR_RIDGES)
+        predictions.append(krr_predict(model, test_x))
+        val_mae.append(float((krr_predict(model, val[0]) - val[1][h]).abs().mean()))
         columns.append({"krr_width": model["width"], "krr_ridge": model["ridge"]})
     return torch.stack(predictions).to(y.dtype), torch.tensor(val_mae, dtype=y.dtype, device=y.device), columns
 
 FIT_HEADS = {"mlp": fit_mlp_heads, "krr": fit_krr_heads}
+
+TUNINGS = ("labels", "validation")  # HEAD_TUNING: on the N labels alone, or on the validation subset

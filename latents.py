@@ -10,7 +10,8 @@ dimensions):
 - dataset, target_name, target_unit: 0-d str.
 - latent_source: 0-d str, what z_all is (the encoder of an epoch, the descriptor targets, a
   pretrained model).
-- config: 0-d str, the JSON of the settings that wrote the file (a pretrained export adds latent_model).
+- config: 0-d str, the JSON of the settings that wrote the file, with git_commit and git_dirty of the
+  writing tree (a pretrained export adds latent_model; files from before lack git_commit and git_dirty).
 
 Files from before the npz named its property and dataset hold QM9 HOMO energies in eV and call
 structure_index qm9_index; the reader takes them as such.
@@ -18,7 +19,7 @@ structure_index qm9_index; the reader takes them as such.
 import numpy as np
 
 import data
-from cli import config_json
+from cli import config_json, run_metadata
 from utils import InputError, atomic_path, load_npz
 
 
@@ -32,9 +33,11 @@ def write_latents(path, latents, arrays, split, cfg, source, model=None, **extra
     target_name and target_unit; the split; structure_index, the dataset's id of each structure
     (QM9 Index, CoRE MOF CSV row), and for a named dataset structure_name; dataset; config; and
     latent_source, what z_all is (the encoder of an epoch, the descriptor targets, a pretrained
-    model). `model` describes a pretrained source in the config; `extra` arrays are stored as given."""
+    model). The config also records git_commit and git_dirty of the tree that wrote the file. `model`
+    describes a pretrained source in the config; `extra` arrays are stored as given."""
     idx_train, idx_val, idx_test = split
-    config = config_json(cfg) if model is None else config_json(cfg, latent_model=model)
+    writer = {key: value for key, value in run_metadata().items() if key in ("git_commit", "git_dirty")}
+    config = config_json(cfg, **writer) if model is None else config_json(cfg, latent_model=model, **writer)
     names = {"structure_name": arrays["name"]} if "name" in arrays else {}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, z_all=latents.astype(np.float32), y_all=arrays["y"].astype(np.float64), idx_train=idx_train,

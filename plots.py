@@ -145,7 +145,8 @@ def label_budgets(ns):
 
 
 def write_plots(out_dir, results, ns, mean_predictor_mae, reference, parity, picked_labels, y_pool, target):
-    """curve_mae.png, curve_p95.png, parity.png and selected_labels.png; target: (name, unit)."""
+    """curve_mae.png, curve_p95.png, curve_max.png (the largest test error, where coverage should show),
+    parity.png and selected_labels.png; target: (name, unit)."""
     heads = list(dict.fromkeys(results["head"]))
     name, unit = target
     save_learning_curves(ns, curve_panels(results, ns, "mae"), out_dir / "curve_mae.png",
@@ -154,6 +155,8 @@ def write_plots(out_dir, results, ns, mean_predictor_mae, reference, parity, pic
     save_learning_curves(ns, curve_panels(results, ns, "p95_abs_error"), out_dir / "curve_p95.png",
                          ylabel=f"95th percentile of the test |error| of {name} ({unit})",
                          references=reference_panels(reference, heads, 2))
+    save_learning_curves(ns, curve_panels(results, ns, "max_abs_error"), out_dir / "curve_max.png",
+                         ylabel=f"largest test |error| of {name} ({unit})")
     save_parity({f"{HEAD_TITLES[head]}, N = {ns[-1]}": {CURVE_LABELS[strategy]: pair
                                                         for (h, strategy), pair in parity.items() if h == head}
                  for head in heads}, out_dir / "parity.png", name=name, unit=unit)

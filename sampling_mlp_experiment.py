@@ -3,9 +3,10 @@
 For every seed and strategy (selection.py), structures are picked from the training pool of a latents
 file (latents_qm9.npz, latents_coremof.npz) at every budget N (nested strategies: the first N picks
 of one run to the largest N). Their labels (the property the npz names, HOMO in eV for QM9) fit
-fresh heads: a ResidualMLP, early-stopped on the validation split, and
-kernel ridge regression, whose kernel width and ridge are chosen on the same validation molecules.
-Both are scored on the test split. All MLP heads of one N train together (vmap over stacked
+fresh heads: a ResidualMLP and kernel ridge regression. By default (HEAD_TUNING="labels") each head
+is tuned on its N labels alone: the MLP's epoch count by k-fold cross-validation, the kernel's width
+and ridge by leave-one-out error; HEAD_TUNING="validation" tunes both on labelled validation
+molecules instead. Both are scored on the test split. All MLP heads of one N train together (vmap over stacked
 parameters), each exactly as it would alone. Outputs: per-strategy and combined CSVs, summary.csv
 with paired, Holm-adjusted statistics per head, learning curves, parity and selected-label plots.
 
@@ -18,6 +19,7 @@ the structures of --labelled (the dataset's structure index values), and writes 
 """
 import argparse
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -30,7 +32,7 @@ import selection
 from cli import (add_run_arguments, check_new_run_dir, check_seed, default_run_dir, overrides_from_args, resolve_config,
                  run_cli, run_folder, start_run)
 from evaluation import check_names, check_plan, mae, regression_metrics, summarize
-from heads import FIT_HEADS, HEADS, budget_inputs
+from heads import FIT_HEADS, HEADS, budget_inputs, check_kernel_width
 from latents import load_latents
 from plots import label_budgets, write_plots
 from selection import STRATEGIES, selection_latents, standardized_latents
@@ -234,12 +236,16 @@ def select_all(selector, plan, ns, pool_rows, out_dir, logger):
     return selections
 
 
-def check_label_spread(selections, y_pool):
-    """Before any training: every selection's labels vary, or its head has nothing to fit."""
+def check_label_spread(selections, inputs, cfg):
+    """Before any training: every selection's labels vary, or its head has nothing to fit, and for
+    kernel ridge heads its latents have a nonzero median distance (heads.check_kernel_width)."""
+    x_pool, y_pool = inputs["pool"]
     for (strategy, seed, n), rows in sorted(selections.items(), key=lambda item: item[0][2]):
         if float(y_pool[rows].std()) == 0:
             raise InputError(f"{strategy} seed {seed}: the {n} selected molecules all have the same label, so a "
                              "head has nothing to fit")
+        if "krr" in cfg.HEAD:
+            check_kernel_width(x_pool[rows], f"{strategy} seed {seed}, N={n}")
 
 
 # --- the experiment ----------------------------------------------------------------
@@ -251,13 +257,14 @@ def fit_budget(head, n_labels, plan, selections, inputs, cfg, logger):
     chosen = torch.stack([selections[strategy, seed, n_labels] for strategy, seed in plan])  # (H, N) pool rows
     x, y, y_val, (y_mean, y_std) = budget_inputs(chosen, inputs)
     start = time.perf_counter()
-    predictions, val_mae, columns = FIT_HEADS[head](x, y, y_val, inputs, [seed for _, seed in plan], cfg)
+    predictions, val_mae, columns = FIT_HEADS[head](x, y, (inputs["val"][0], y_val), inputs["test"][0],
+                                                    [seed for _, seed in plan], cfg)
     predictions = (y_mean + y_std * predictions).cpu().numpy()
-    val_mae = (y_std[:, 0] * val_mae).tolist()  # label units, on the early-stopping validation structures
+    val_mae = (y_std[:, 0] * val_mae).tolist()  # label units, on the MLP_VAL_SIZE validation structures
     fit_seconds = (time.perf_counter() - start) / len(plan)
     never = [key for key, extra in zip(plan, columns) if extra.get("best_epoch") == 0]
     if never:  # its validation MAE was never finite: an untrained head is no result
-        raise InputError(f"N={n_labels}: the heads of {never} diverged from the first epoch (validation MAE never "
+        raise InputError(f"N={n_labels}: the heads of {never} diverged from the first epoch (tuning MAE never "
                          f"finite); lower MLP_LR={cfg.MLP_LR}")
     y_true = inputs["test"][1].cpu().numpy()
     rows = []
@@ -282,7 +289,8 @@ def write_outputs(out_dir, results, summary):
 
 def experiment_inputs(arrays, cfg, device):
     """Head inputs {"pool", "val", "test": (x (rows, d), y (rows,))}, with x the latents standardized
-    by the (unlabelled) pool and "val" the early-stopping subset."""
+    by the (unlabelled) pool and "val" the MLP_VAL_SIZE validation subset (val_mae; the tuning set
+    only under HEAD_TUNING="validation")."""
     pool = torch.as_tensor(arrays["idx_train"], device=device)
     val_rows = arrays["idx_val"]
     if cfg.MLP_VAL_SIZE is not None and cfg.MLP_VAL_SIZE < len(val_rows):
@@ -295,6 +303,23 @@ def experiment_inputs(arrays, cfg, device):
     return {name: (x_all[rows], y_all[rows]) for name, rows in splits.items()}
 
 
+def latent_source(arrays):
+    """What the latents are, as their npz says; "unknown" for files from before it said so."""
+    return str(arrays.get("latent_source", "unknown"))
+
+
+def latents_provenance(arrays):
+    """run_info.json entries: the latents' source, and the commit and dirty flag of the tree that wrote
+    them, from the npz's config ("unknown" for files from before it recorded them)."""
+    try:
+        writer = json.loads(str(arrays.get("config", "{}")))
+    except json.JSONDecodeError:
+        writer = {}
+    writer = writer if isinstance(writer, dict) else {}
+    return {"latent_source": latent_source(arrays), "latents_git_commit": writer.get("git_commit", "unknown"),
+            "latents_git_dirty": writer.get("git_dirty", "unknown")}
+
+
 def run_experiment(cfg, arrays, ns, out_dir, device, logger, reference=None):
     """Selections, one batched fit per head kind and budget, statistics and outputs, for checked
     latents and budgets; the time of each stage goes to the log."""
@@ -303,12 +328,12 @@ def run_experiment(cfg, arrays, ns, out_dir, device, logger, reference=None):
     z_select = selection_latents(arrays, cfg, device)
     y_pool, y_test = inputs["pool"][1], inputs["test"][1]
     target, unit = arrays["target_name"], arrays["target_unit"]
-    logger.info("latents: %d structures, dim %d; pool %d, early-stopping val %d, test %d; budgets %s; heads %s; "
-                "target %s (%s)", len(arrays["z_all"]), z_select.shape[1], len(y_pool), len(inputs["val"][1]),
-                len(y_test), ns, cfg.HEAD, target, unit)
+    logger.info("latents: %d structures, dim %d, %s; pool %d, val %d, test %d; budgets %s; heads %s tuned on %s; "
+                "target %s (%s)", len(arrays["z_all"]), z_select.shape[1], latent_source(arrays), len(y_pool),
+                len(inputs["val"][1]), len(y_test), ns, cfg.HEAD, cfg.HEAD_TUNING, target, unit)
     plan = [(strategy, seed) for strategy in cfg.SAMPLING_STRATEGIES for seed in cfg.SAMPLING_SEEDS]
     selections = select_all(selection.Selector(z_select, cfg), plan, ns, arrays["idx_train"], out_dir, logger)
-    check_label_spread(selections, y_pool)
+    check_label_spread(selections, inputs, cfg)
     logger.info("stage selection: %.1f s", time.perf_counter() - clock)
     mean_predictor_mae = mae(y_test, torch.full_like(y_test, float(y_pool.mean())))
     logger.info("predicting the train-pool mean gives test MAE %.4g %s", mean_predictor_mae, unit)
@@ -324,6 +349,7 @@ def run_experiment(cfg, arrays, ns, out_dir, device, logger, reference=None):
     stage = time.perf_counter()
     results = pd.DataFrame(rows)
     summary = summarize(results)
+    summary.insert(0, "latent_source", latent_source(arrays))
     logger.info("summary (MAE in %s; diff = strategy - random of the same head, paired by seed):\n%s", unit,
                 summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     write_outputs(out_dir, results, summary)
@@ -405,7 +431,7 @@ def main(argv=None):
     check_new_run_dir(out_dir)
     with run_folder(out_dir):
         logger = start_run(cfg, out_dir, "sampling", "sampling.log", latents=str(args.latents),
-                           reference=args.reference)
+                           **latents_provenance(arrays), reference=args.reference)
         run_experiment(cfg, arrays, ns, out_dir, device, logger, reference)
 
 

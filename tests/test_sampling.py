@@ -129,7 +129,7 @@ def test_every_output_is_written_with_complete_rows(experiment):
     names = {p.name for p in experiment.iterdir()}
     expected = {"config.json", "run_info.json", "sampling.log", "results_random.csv", "results_latent.csv",
                 "results_kmeans.csv", "results_typiclust.csv", "results_herding.csv", "results_all.csv", "summary.csv",
-                "curve_mae.png", "curve_p95.png", "parity.png", "selected_labels.png"}
+                "curve_mae.png", "curve_p95.png", "curve_max.png", "parity.png", "selected_labels.png"}
     expected |= {f"selected_{s}_seed{k}.npy" for s in STRATEGIES for k in range(3)}
     assert names == expected
     results = pd.read_csv(experiment / "results_all.csv")
@@ -178,10 +178,11 @@ def test_summary_equals_a_hand_computation(experiment):
                 assert row["mae_diff_se"] == pytest.approx(se)
                 p_values[strategy, n] = 2 * stats.t.sf(abs(diff.mean() / se), df=2)
                 assert row["p_value_paired_t"] == pytest.approx(p_values[strategy, n])
-                expected_n = evaluation.label_efficiency(random_curve.index.to_numpy(), random_curve.to_numpy(),
-                                                         k.mean())
+                expected_n, relation = evaluation.random_equivalent(random_curve.index.to_numpy(),
+                                                                    random_curve.to_numpy(), k.mean())
                 assert row["random_n_equivalent"] == pytest.approx(expected_n, nan_ok=True)
                 assert row["label_efficiency"] == pytest.approx(expected_n / n, nan_ok=True)
+                assert row["label_efficiency_relation"] == relation
         ranked = sorted(p_values, key=p_values.get)  # Holm over this head's 12 comparisons
         m, running = len(ranked), 0.0
         for i, key in enumerate(ranked):
