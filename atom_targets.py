@@ -29,8 +29,8 @@ def check_atom_descriptor(cfg):
 
 
 def species_numbers(cfg):
-    """The atomic number dscribe sees for each ATOM_TYPES row (T,): the HIST_ELEMENTS keep their own,
-    every other element shares the number of the first of them, one class "other" as in the histograms."""
+    """The atomic number dscribe sees for each ATOM_TYPES row (T,): the HIST_ELEMENTS keep their own;
+    all other elements, one class "other" as in the histograms, take that of the first of them in ATOM_TYPES."""
     names, class_of_type = histogram_classes(cfg.ATOM_TYPES, cfg.HIST_ELEMENTS)
     first_other = next((s for s in cfg.ATOM_TYPES if s not in cfg.HIST_ELEMENTS), None)
     class_numbers = [ATOMIC_NUMBER[name if name != "other" else first_other] for name in names]
