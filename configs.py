@@ -49,6 +49,15 @@ ANGLE_HIST_BINS = 27  # bins per element triplet (5 degree spacing)
 DENOISE_WEIGHT = 0.0  # loss weight of coordinate denoising: predict each atom's position noise; 0 turns it off
 DENOISE_SIGMA = 0.04  # Angstrom: standard deviation of the Gaussian noise added to every coordinate
 LATENT_READOUT = "all"  # "all": invariants of every layer (scalars, vector norms); "last": the last layer's scalars
+LATENT_POOLING = "auto"  # per-atom readout -> latent: "sum", "mean", "moments" (mean, std, max); "auto": sum for
+# molecules, mean for periodic crystals (a supercell then keeps its latent); intensive properties may want another
+MASK_WEIGHT = 0.0  # loss weight of masked atoms: predict the element of masked atoms from their environment; 0: off
+MASK_FRACTION = 0.15  # fraction of atoms masked, drawn anew every epoch from (SEED, epoch), when MASK_WEIGHT > 0
+ATOM_TARGET_WEIGHT = 0.0  # loss weight of per-atom targets: each atom predicts its own local descriptor; 0: off
+ATOM_DESCRIPTOR = "acsf"  # per-atom target (dscribe): "acsf" or "soap"; acsf won a measurement (docs/model.md)
+ATOM_DESCRIPTOR_CUTOFF = 5.0  # Angstrom: radius of the local environment the per-atom descriptor sees
+SOAP_N_MAX = 4  # radial basis functions of SOAP: its width grows with n_max (n_max + 1) / 2
+SOAP_L_MAX = 3  # largest angular degree of SOAP: its width grows with l_max + 1
 
 # --- encoder training --------------------------------------------------------------
 ENC_LR = 1e-3  # Adam learning rate

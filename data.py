@@ -166,6 +166,7 @@ class Structures:
         self.n_atoms = torch.as_tensor(arrays["n_atoms"], device=device)
         self.first_atom = self.n_atoms.cumsum(0) - self.n_atoms
         self.n_atoms_host = arrays["n_atoms"]  # for batching without a device round trip
+        self.atom_targets = None  # per-atom training targets (A, width), when a run sets them (training.prepare_data)
 
     def atoms_of(self, rows):
         """Atom rows of structures `rows` (B,) and the batch position of each: (atoms (A,), batch (A,))."""

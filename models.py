@@ -101,12 +101,15 @@ class EquivGNNEncoder(nn.Module):
     readout takes per atom the last layer's scalars (readout="last") or the invariants of every
     layer, scalars and the norm of each other channel (readout="all"). It maps them to latent_dim
     features through a SiLU, so the pooled latent is not confined to a hidden-size subspace; they
-    are summed per structure (pooling="sum") or averaged (pooling="mean") and mixed by a final
-    linear layer. A periodic cell is one arbitrary choice of repeat unit, so periodic structures
-    average: a supercell then has the latent of its unit cell, as its atoms have the same features."""
+    are summed per structure (pooling="sum"), averaged (pooling="mean"), or reduced to their mean,
+    standard deviation and max (pooling="moments"), and mixed by a final linear layer to latent_dim.
+    A periodic cell is one arbitrary choice of repeat unit, so periodic structures average (or take
+    moments): a supercell then has the latent of its unit cell, as its atoms have the same features.
+    With `mask_token`, atomic number 0 embeds as one more type: a masked atom."""
 
     def __init__(self, atom_types, hidden_irreps, num_layers, latent_dim, cutoff, num_radial_basis,
-                 radial_hidden_dim, avg_num_neighbors, readout="last", keep_vectors=False, pooling="sum"):
+                 radial_hidden_dim, avg_num_neighbors, readout="last", keep_vectors=False, pooling="sum",
+                 mask_token=False):
         super().__init__()
         try:
             hidden = o3.Irreps(hidden_irreps).simplify()
@@ -123,11 +126,14 @@ class EquivGNNEncoder(nn.Module):
         if keep_vectors and not vectors:
             raise InputError(f"ENC_HIDDEN_IRREPS={hidden_irreps!r}: the denoising head needs 1o channels")
         if pooling not in POOLINGS:
-            raise InputError(f"pooling {pooling!r}: expected one of {POOLINGS}")
+            raise InputError(f"LATENT_POOLING={pooling!r}: expected one of {POOLINGS}")
         self.cutoff, self.readout, self.pooling = cutoff, readout, pooling
         self.irreps_sh = o3.Irreps.spherical_harmonics(hidden.lmax)
-        self.register_buffer("type_index", type_index_table(atom_types))  # atomic number -> embedding row
-        self.embedding = nn.Embedding(len(atom_types), scalars.dim)
+        type_index = type_index_table(atom_types)  # atomic number -> embedding row
+        if mask_token:
+            type_index[MASK_Z] = len(atom_types)
+        self.register_buffer("type_index", type_index)
+        self.embedding = nn.Embedding(len(atom_types) + mask_token, scalars.dim)
         self.radial_basis = RadialBasis(cutoff, num_radial_basis)
         layer_irreps = [scalars]  # each hidden layer carries what it can reach of `hidden`, as NequIP does
         for _ in range(num_layers - 1):
@@ -147,7 +153,7 @@ class EquivGNNEncoder(nn.Module):
         readout_dim = scalars.dim if readout == "last" else sum(
             invariant_count(layer.gate.irreps_out) for layer in self.layers)
         self.atom_readout = nn.Linear(readout_dim, latent_dim)
-        self.latent_out = nn.Linear(latent_dim, latent_dim)
+        self.latent_out = nn.Linear(latent_dim * (3 if pooling == "moments" else 1), latent_dim)
 
     @property
     def last_irreps(self):
@@ -158,14 +164,16 @@ class EquivGNNEncoder(nn.Module):
         return self.encode(z, pos, batch, cell)[0]
 
     def encode(self, z, pos, batch, cell=None):
-        """(latent (B, latent_dim), the last layer's node features (A, last_irreps.dim))."""
+        """(latent (B, latent_dim), the last layer's node features (A, last_irreps.dim), the per-atom
+        readout features that are pooled (A, latent_dim))."""
         edge_index, offset = neighbour_graph(pos, batch, self.cutoff, cell)
         features = self.node_features(z, pos, edge_index, offset)
-        return self.pool(features, batch), features[-1]
+        atom_features = self.atom_features(features)
+        return self.pool(atom_features, batch), features[-1], atom_features
 
     def encode_graph(self, z, pos, edge_index, batch, offset=None):
         """The latent from a graph built elsewhere: edge_index (2, E) as (source, target)."""
-        return self.pool(self.node_features(z, pos, edge_index, offset), batch)
+        return self.pool(self.atom_features(self.node_features(z, pos, edge_index, offset)), batch)
 
     def node_features(self, z, pos, edge_index, offset=None):
         """The node features after each interaction layer, a list of (A, irreps dim) tensors."""
@@ -179,19 +187,34 @@ class EquivGNNEncoder(nn.Module):
             features.append(h)
         return features
 
-    def pool(self, features, batch):
-        """Per-atom invariants of the readout -> the latent of each molecule (B, latent_dim)."""
+    def atom_features(self, features):
+        """Node features of every layer -> the invariant readout features of each atom (A, latent_dim)."""
         if self.readout == "last":
             invariants = features[-1][:, :self.num_scalars]  # a gate's output starts with its scalars
         else:
             invariants = torch.cat([channel_invariants(h, layer.gate.irreps_out)
                                     for h, layer in zip(features, self.layers)], dim=1)
-        atom_features = torch.nn.functional.silu(self.atom_readout(invariants))
+        return torch.nn.functional.silu(self.atom_readout(invariants))
+
+    def pool(self, atom_features, batch):
+        """Readout features of the atoms (A, latent_dim) -> the latent of each structure (B, latent_dim)."""
+        if self.pooling == "moments":
+            return self.latent_out(moments(atom_features, batch))
         return self.latent_out(scatter(atom_features, batch, dim=0, reduce=self.pooling))
 
 
 READOUTS = ("last", "all")
-POOLINGS = ("sum", "mean")
+POOLINGS = ("sum", "mean", "moments")
+MASK_Z = 0  # the atomic number that stands for a masked atom; no element has it
+MOMENTS_EPS = 1e-6  # inside the square root of a variance: a column equal on every atom keeps a finite gradient
+
+
+def moments(x, batch):
+    """Mean, standard deviation and max over each structure's atoms of every column: (A, d) -> (B, 3 d).
+    The variance divides by the atom count, so a supercell has the moments of its unit cell."""
+    mean = scatter(x, batch, dim=0, reduce="mean")
+    variance = scatter((x - mean.index_select(0, batch)) ** 2, batch, dim=0, reduce="mean")
+    return torch.cat([mean, (variance + MOMENTS_EPS).sqrt(), scatter(x, batch, dim=0, reduce="max")], dim=1)
 
 
 def invariant_count(irreps):
@@ -218,6 +241,17 @@ class VectorHead(nn.Module):
 
     def forward(self, h):
         return self.linear(h)
+
+
+class AtomHead(nn.Module):
+    """Per-atom invariant features (A, in_dim) -> per-atom predictions (A, out_dim): a one-hidden-layer MLP."""
+
+    def __init__(self, in_dim, hidden_dim, out_dim):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, out_dim))
+
+    def forward(self, atom_features):
+        return self.net(atom_features)
 
 
 class EquivDecoder(nn.Module):

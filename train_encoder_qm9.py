@@ -23,6 +23,7 @@ import torch
 import data
 import descriptors
 import distributed
+from atom_targets import check_atom_descriptor
 from cli import (add_run_arguments, check_new_run_dir, default_run_dir, overrides_from_args, resolve_config, run_cli,
                  run_folder, run_info_name, saved_config, start_run)
 from models import EquivGNNEncoder
@@ -68,18 +69,21 @@ def config_from_args(args):
 
 
 def check_config(cfg):
-    """Fail before any data is read if the settings cannot work: dataset and target, irreps, element
-    symbols, targets, histogram bins, split and learning-rate schedule (types and signs are checked
-    on loading)."""
+    """Fail before any data is read if the settings cannot work: dataset and target, irreps, pooling,
+    element symbols, targets, histogram bins, per-atom descriptor, mask fraction, split and
+    learning-rate schedule (types and signs are checked on loading)."""
     data.check_dataset_settings(cfg)
     known_types = SimpleNamespace(**{**vars(cfg), "ATOM_TYPES": cfg.ATOM_TYPES or ["H"]})  # None: from the data
     EquivGNNEncoder(**encoder_hparams(known_types, avg_num_neighbors=1.0))
     descriptors.descriptor_sizes(known_types)
     descriptors.check_histogram_settings(cfg)
+    check_atom_descriptor(cfg)
     check_split_ratios(cfg.TRAIN_VAL_TEST_SPLIT)
     if cfg.BOND_TOLERANCE < 1:
         raise InputError(f"BOND_TOLERANCE={cfg.BOND_TOLERANCE}: expected at least 1, a multiple of the covalent "
                          "radii that every bond reaches")
+    if cfg.MASK_FRACTION > 1:
+        raise InputError(f"MASK_FRACTION={cfg.MASK_FRACTION}: expected a fraction of the atoms, in (0, 1]")
     if cfg.ENC_LR_FACTOR >= 1:
         raise InputError(f"ENC_LR_FACTOR={cfg.ENC_LR_FACTOR}: expected a factor below 1")
 

@@ -13,15 +13,17 @@ from tqdm import tqdm
 
 import data
 import descriptors
+from atom_targets import atom_target_width, atom_targets
 from cli import config_from_json, config_json
 from data import load_structures
 from distributed import Ranks
 from graphs import neighbour_graph
 from latents import latents_name, write_latents
-from models import EquivDecoder, EquivGNNEncoder, VectorHead
+from models import MASK_Z, POOLINGS, AtomHead, EquivDecoder, EquivGNNEncoder, VectorHead
 from utils import InputError, first_line, save_torch, set_seed, train_val_test_split_indices
 
 BEST_ENCODER, BEST_DECODER, LAST = "encoder_struct.pt", "decoder_struct.pt", "last.pt"
+HEADS = ("vector_head", "atom_head", "mask_head")  # the Autoencoder's optional heads, saved in last.pt (None: off)
 
 
 def average_neighbors(structures, rows, cutoff, batch_size, max_atoms):
@@ -40,8 +42,16 @@ def encoder_hparams(cfg, avg_num_neighbors):
             "num_layers": cfg.ENC_NUM_LAYERS, "latent_dim": cfg.LATENT_DIM, "cutoff": cfg.CUTOFF,
             "num_radial_basis": cfg.NUM_RADIAL_BASIS, "radial_hidden_dim": cfg.RADIAL_HIDDEN_DIM,
             "avg_num_neighbors": avg_num_neighbors, "readout": cfg.LATENT_READOUT,
-            "keep_vectors": cfg.DENOISE_WEIGHT > 0,
-            "pooling": "mean" if cfg.DATASET in data.PERIODIC_DATASETS else "sum"}
+            "keep_vectors": cfg.DENOISE_WEIGHT > 0, "pooling": latent_pooling(cfg), "mask_token": cfg.MASK_WEIGHT > 0}
+
+
+def latent_pooling(cfg):
+    """LATENT_POOLING, with "auto" resolved: periodic structures average, molecules sum."""
+    if cfg.LATENT_POOLING not in ("auto", *POOLINGS):
+        raise InputError(f"LATENT_POOLING={cfg.LATENT_POOLING!r}: expected one of {['auto', *POOLINGS]}")
+    if cfg.LATENT_POOLING != "auto":
+        return cfg.LATENT_POOLING
+    return "mean" if cfg.DATASET in data.PERIODIC_DATASETS else "sum"
 
 
 def decoder_hparams(cfg, out_dim):
@@ -72,9 +82,10 @@ def weighted_total(losses, weights):
 
 def loss_weights(cfg):
     """Weight of every loss group, in the order batch_losses returns them: the descriptor groups,
-    then denoising if it is on."""
+    then denoising, per-atom targets and masked atoms, each if it is on."""
     weights = {name: cfg.DESCRIPTOR_WEIGHTS[name] for name in descriptors.descriptor_sizes(cfg)}
-    return {**weights, **({"denoise": cfg.DENOISE_WEIGHT} if cfg.DENOISE_WEIGHT > 0 else {})}
+    optional = {"denoise": cfg.DENOISE_WEIGHT, "atom_targets": cfg.ATOM_TARGET_WEIGHT, "masked_atoms": cfg.MASK_WEIGHT}
+    return {**weights, **{name: weight for name, weight in optional.items() if weight > 0}}
 
 
 def make_optimizer(cfg, params, device):
@@ -91,7 +102,13 @@ def epoch_order(train_rows, seed, epoch):
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return train_rows[torch.randperm(len(train_rows), generator=generator).to(train_rows.device)]
 
-TRAIN_NOISE, VALIDATION_NOISE = 1, 0  # streams of position noise, apart from any other random draw
+TRAIN_NOISE, VALIDATION_NOISE = 1, 0  # streams of position noise and masks, apart from any other random draw
+MASK_DRAW = 1  # sets the atom masks apart from the position noise of the same (SEED, stream, epoch)
+
+
+def draw_generator(*entropy):
+    """A CPU generator seeded by a hash of `entropy` (SEED, stream, epoch, ...)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0]))
 
 
 def position_noise(structures, cfg, stream, epoch=0):
@@ -100,43 +117,77 @@ def position_noise(structures, cfg, stream, epoch=0):
     None when denoising is off."""
     if cfg.DENOISE_WEIGHT == 0:
         return None
-    seed = int(np.random.SeedSequence([cfg.SEED, stream, epoch]).generate_state(1, np.uint64)[0])
-    generator = torch.Generator().manual_seed(seed)
+    generator = draw_generator(cfg.SEED, stream, epoch)
     return torch.randn(structures.pos.shape, generator=generator).to(structures.pos.device)
 
 
-class Autoencoder(nn.Module):
-    """Structure -> latent -> descriptors, and with a vector head each atom's position noise: the
-    models that train, as one module."""
+def atom_mask(structures, cfg, stream, epoch=0):
+    """Which atoms are masked (A,) bool, MASK_FRACTION of them at random: a pure function of (SEED,
+    stream, epoch) drawn on the CPU like position_noise; None when masked atoms are off."""
+    if cfg.MASK_WEIGHT == 0:
+        return None
+    generator = draw_generator(cfg.SEED, stream, epoch, MASK_DRAW)
+    return (torch.rand(len(structures.z), generator=generator) < cfg.MASK_FRACTION).to(structures.z.device)
 
-    def __init__(self, encoder, decoder, vector_head=None):
+
+def epoch_draws(structures, cfg, stream, epoch=0):
+    """The random inputs of one epoch (or, for VALIDATION_NOISE, of every validation): position
+    noise (A, 3) and atom mask (A,), each None when its objective is off."""
+    return SimpleNamespace(noise=position_noise(structures, cfg, stream, epoch),
+                           mask=atom_mask(structures, cfg, stream, epoch))
+
+
+NO_DRAWS = SimpleNamespace(noise=None, mask=None)  # clean structures: no position noise, no masked atoms
+
+
+class Autoencoder(nn.Module):
+    """Structure -> latent -> descriptors; with a vector head each atom's position noise, with an
+    atom head each atom's local descriptor, with a mask head each atom's element: the models that
+    train, as one module."""
+
+    def __init__(self, encoder, decoder, vector_head=None, atom_head=None, mask_head=None):
         super().__init__()
         self.encoder, self.decoder, self.vector_head = encoder, decoder, vector_head
+        self.atom_head, self.mask_head = atom_head, mask_head
 
     def forward(self, z, pos, batch, cell=None):
-        """(descriptors (B, width), vectors (A, 3) or None without a vector head)."""
-        latent, last_features = self.encoder.encode(z, pos, batch, cell)
-        vectors = None if self.vector_head is None else self.vector_head(last_features)
-        return self.decoder(latent), vectors
+        """descriptors (B, width); vectors (A, 3), atom_targets (A, atom width) and element_logits
+        (A, types), each None without its head."""
+        latent, last_features, atom_features = self.encoder.encode(z, pos, batch, cell)
+        return SimpleNamespace(
+            descriptors=self.decoder(latent),
+            vectors=None if self.vector_head is None else self.vector_head(last_features),
+            atom_targets=None if self.atom_head is None else self.atom_head(atom_features),
+            element_logits=None if self.mask_head is None else self.mask_head(atom_features))
 
 
-def batch_losses(model, structures, targets, rows, noise, sizes, sigma):
-    """Per-group losses of molecules `rows`: each descriptor group's MSE and, given `noise` (all
-    atoms, in units of sigma), the MSE of the noise predicted from the displaced positions."""
+def batch_losses(model, structures, targets, rows, draws, sizes, sigma):
+    """Per-group losses of molecules `rows`: each descriptor group's MSE; given draws.noise (all
+    atoms, in units of sigma), the MSE of the noise predicted from the displaced positions; with
+    per-atom targets (structures.atom_targets), their MSE; given draws.mask, the cross-entropy of
+    the masked atoms' elements, predicted with their element hidden (MASK_Z)."""
     atoms, batch = structures.atoms_of(rows)
+    noise, mask = draws.noise, draws.mask
     pos = structures.pos[atoms] if noise is None else structures.pos[atoms] + sigma * noise[atoms]
-    descriptors, vectors = model(structures.z[atoms], pos, batch, structures.cells_of(rows))
-    losses = group_losses(descriptors, targets[rows], sizes)
+    z = structures.z[atoms] if mask is None else torch.where(mask[atoms], MASK_Z, structures.z[atoms])
+    out = model(z, pos, batch, structures.cells_of(rows))
+    losses = group_losses(out.descriptors, targets[rows], sizes)
     if noise is not None:
-        losses["denoise"] = ((vectors - noise[atoms]) ** 2).mean()
+        losses["denoise"] = ((out.vectors - noise[atoms]) ** 2).mean()
+    if out.atom_targets is not None:
+        losses["atom_targets"] = ((out.atom_targets - structures.atom_targets[atoms]) ** 2).mean()
+    if mask is not None:
+        masked = mask[atoms]  # a batch without a masked atom adds 0, not the NaN of an empty mean
+        losses["masked_atoms"] = nn.functional.cross_entropy(
+            out.element_logits[masked], structures.types[atoms][masked], reduction="sum") / masked.sum().clamp(min=1)
     return losses
 
 
-def train_epoch(model, optimizer, structures, targets, rows, cfg, noise=None, ranks=Ranks()):
+def train_epoch(model, optimizer, structures, targets, rows, cfg, draws=NO_DRAWS, ranks=Ranks()):
     """One pass over `rows` in shuffled batches of ENC_BATCH_SIZE structures (fewer where
     BATCH_MAX_ATOMS ends a batch early), each rank training on its
-    share of every batch; returns the mean weighted loss over all ranks (a 0-d tensor). `noise`: the
-    epoch's position_noise.
+    share of every batch; returns the mean weighted loss over all ranks (a 0-d tensor). `draws`: the
+    epoch's epoch_draws.
 
     Each rank's loss is weighted by its share of the batch, times the number of ranks that
     DistributedDataParallel divides the summed gradients by: the step is then that of the whole
@@ -150,7 +201,7 @@ def train_epoch(model, optimizer, structures, targets, rows, cfg, noise=None, ra
         if len(chunk) < ranks.world:
             continue
         mine = ranks.share(chunk)
-        loss = weighted_total(batch_losses(model, structures, targets, mine, noise, sizes, cfg.DENOISE_SIGMA),
+        loss = weighted_total(batch_losses(model, structures, targets, mine, draws, sizes, cfg.DENOISE_SIGMA),
                               loss_weights(cfg))
         optimizer.zero_grad(set_to_none=True)
         (loss * (ranks.world * len(mine) / len(chunk))).backward()
@@ -164,15 +215,15 @@ def train_epoch(model, optimizer, structures, targets, rows, cfg, noise=None, ra
 
 
 @torch.no_grad()
-def evaluate(model, structures, targets, rows, cfg, noise=None, ranks=Ranks()):
+def evaluate(model, structures, targets, rows, cfg, draws=NO_DRAWS, ranks=Ranks()):
     """Per-group losses on `rows` and their weighted total, as Python floats, the same on every rank:
     each rank evaluates its share and the sums are added across ranks (each batch's losses weighted
-    by its molecules). `noise`: the fixed validation position_noise."""
+    by its molecules). `draws`: the fixed validation epoch_draws."""
     model.eval()
     sizes, weights = descriptors.descriptor_sizes(cfg), loss_weights(cfg)
     sums = torch.zeros(len(weights), device=targets.device)
     for chunk in structures.batches(ranks.share(rows), cfg.EVAL_BATCH_SIZE, cfg.BATCH_MAX_ATOMS):
-        losses = batch_losses(model, structures, targets, chunk, noise, sizes, cfg.DENOISE_SIGMA)
+        losses = batch_losses(model, structures, targets, chunk, draws, sizes, cfg.DENOISE_SIGMA)
         sums = sums + torch.stack(list(losses.values())) * len(chunk)
     losses = dict(zip(weights, (ranks.all_sum(sums).double() / len(rows)).tolist()))
     return weighted_total(losses, weights), losses
@@ -191,7 +242,7 @@ def save_last(out_dir, model, optimizer, scheduler, epoch, best_val, enc_hparams
     """last.pt: everything --resume needs to continue exactly where the run stopped."""
     save_torch(out_dir / LAST, {
         "encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(),
-        "vector_head": None if model.vector_head is None else model.vector_head.state_dict(),
+        **{name: None if getattr(model, name) is None else getattr(model, name).state_dict() for name in HEADS},
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
         "best_val": best_val, "encoder_hparams": enc_hparams, "decoder_hparams": dec_hparams,
         "config": config_json(cfg)})
@@ -221,6 +272,9 @@ def prepare_data(cfg, device):
     sizes = descriptors.descriptor_sizes(cfg)
     targets, mean, std = descriptors.standardize_targets(descriptors.compute_descriptors(structures, cfg),
                                                   torch.as_tensor(split[0], device=device), sizes)
+    if cfg.ATOM_TARGET_WEIGHT > 0:
+        train_atoms = structures.atoms_of(torch.as_tensor(split[0], device=device))[0]
+        structures.atom_targets = atom_targets(arrays, train_atoms, cfg, device)
     return SimpleNamespace(cfg=cfg, arrays=arrays, structures=structures, split=split, targets=targets,
                            target_stats=(mean, std), descriptor_sizes=sizes, dropped=dropped,
                            descriptor_seconds=time.perf_counter() - start)
@@ -283,7 +337,7 @@ def load_last(out_dir, cfg, device):
 
 
 def build_models(cfg, enc_hparams, dec_hparams, device, checkpoint):
-    """The Autoencoder (encoder, decoder and, with denoising, the vector head), optimizer and
+    """The Autoencoder (encoder, decoder and the heads of the objectives that are on), optimizer and
     scheduler, restored from `checkpoint` (last.pt) if given. Returns them with the first epoch to
     train and the best validation loss so far."""
     encoder = EquivGNNEncoder(**enc_hparams).to(device)
@@ -292,15 +346,20 @@ def build_models(cfg, enc_hparams, dec_hparams, device, checkpoint):
             layer.compile(dynamic=True)
     decoder = EquivDecoder(**dec_hparams).to(device)
     vector_head = VectorHead(encoder.last_irreps).to(device) if cfg.DENOISE_WEIGHT > 0 else None
-    model = Autoencoder(encoder, decoder, vector_head)
+    atom_head = AtomHead(cfg.LATENT_DIM, cfg.DEC_HIDDEN_DIM, atom_target_width(cfg)).to(device) \
+        if cfg.ATOM_TARGET_WEIGHT > 0 else None
+    mask_head = AtomHead(cfg.LATENT_DIM, cfg.DEC_HIDDEN_DIM, len(cfg.ATOM_TYPES)).to(device) \
+        if cfg.MASK_WEIGHT > 0 else None
+    model = Autoencoder(encoder, decoder, vector_head, atom_head, mask_head)
     optimizer, scheduler = make_optimizer(cfg, list(model.parameters()), device)
     if checkpoint is None:
         return model, optimizer, scheduler, 0, float("inf")
     try:
         encoder.load_state_dict(checkpoint["encoder"])
         decoder.load_state_dict(checkpoint["decoder"])
-        if vector_head is not None:
-            vector_head.load_state_dict(checkpoint["vector_head"])
+        for name in HEADS:
+            if getattr(model, name) is not None:
+                getattr(model, name).load_state_dict(checkpoint[name])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
@@ -355,7 +414,7 @@ def train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger, ran
                 sum(p.numel() for p in model.decoder.parameters()), ranks.world)
     train_rows, val_rows = (torch.as_tensor(rows, device=device) for rows in prepared.split[:2])
     structures, targets = prepared.structures, prepared.targets
-    val_noise = position_noise(structures, cfg, VALIDATION_NOISE)
+    val_draws = epoch_draws(structures, cfg, VALIDATION_NOISE)
 
     def save(epoch, val_loss):
         nonlocal best_val
@@ -368,16 +427,16 @@ def train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger, ran
             save_last(out_dir, model, optimizer, scheduler, epoch, best_val, enc_hparams, dec_hparams, cfg)
 
     if cfg.ENC_EPOCHS == 0:
-        val_loss, val_groups = evaluate(model, structures, targets, val_rows, cfg, val_noise, ranks)
+        val_loss, val_groups = evaluate(model, structures, targets, val_rows, cfg, val_draws, ranks)
         logger.info("untrained encoder (ENC_EPOCHS=0): val %.5f [%s]", val_loss, format_groups(val_groups))
         save(0, val_loss)
     for epoch in tqdm(range(first_epoch, cfg.ENC_EPOCHS), desc="epochs", disable=None if ranks.is_main else True):
         start = time.perf_counter()
         order = epoch_order(train_rows, cfg.SEED, epoch)
         train_loss = float(train_epoch(trained, optimizer, structures, targets, order,
-                                       cfg, position_noise(structures, cfg, TRAIN_NOISE, epoch), ranks))
+                                       cfg, epoch_draws(structures, cfg, TRAIN_NOISE, epoch), ranks))
         check_finite(train_loss, "training", epoch)
-        val_loss, val_groups = evaluate(model, structures, targets, val_rows, cfg, val_noise, ranks)
+        val_loss, val_groups = evaluate(model, structures, targets, val_rows, cfg, val_draws, ranks)
         check_finite(val_loss, "validation", epoch)
         scheduler.step(val_loss)
         seconds = time.perf_counter() - start

@@ -45,8 +45,8 @@ def variant_epoch(overrides, args, device):
                training.decoder_hparams(cfg, prepared.targets.shape[1]))
     model, optimizer, _, _, _ = training.build_models(cfg, *hparams, device, checkpoint=None)
     rows = torch.as_tensor(prepared.split[0], device=device)
-    noise = training.position_noise(prepared.structures, cfg, training.TRAIN_NOISE)
-    return lambda: training.train_epoch(model, optimizer, prepared.structures, prepared.targets, rows, cfg, noise), \
+    draws = training.epoch_draws(prepared.structures, cfg, training.TRAIN_NOISE)
+    return lambda: training.train_epoch(model, optimizer, prepared.structures, prepared.targets, rows, cfg, draws), \
         len(rows)
 
 

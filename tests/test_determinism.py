@@ -42,7 +42,7 @@ def last_and_latents(run_dir):
 def assert_same_run(expected_dir, got_dir):
     (expected, expected_z), (got, got_z) = last_and_latents(expected_dir), last_and_latents(got_dir)
     assert got["epoch"] == expected["epoch"]
-    for part in ("encoder", "decoder", "vector_head"):
+    for part in ("encoder", "decoder", *training.HEADS):
         if expected[part] is not None or got[part] is not None:
             assert_same_tensors(expected[part], got[part], part)
     for expected_state, got_state in zip(expected["optimizer"]["state"].values(), got["optimizer"]["state"].values()):
@@ -63,7 +63,10 @@ DENOISING = ["--set", "DENOISE_WEIGHT=1.0", "--set", "LATENT_READOUT='all'",
              "--set", "DESCRIPTOR_WEIGHTS={'atom_counts': 1.0, 'pair_hist': 1.0, 'angle_hist': 1.0}"]
 
 
-@pytest.mark.parametrize("objective", [[], DENOISING], ids=["descriptors", "denoising"])
+PER_ATOM = ["--set", "MASK_WEIGHT=1.0", "--set", "ATOM_TARGET_WEIGHT=1.0", "--set", "LATENT_POOLING='moments'"]
+
+
+@pytest.mark.parametrize("objective", [[], DENOISING, PER_ATOM], ids=["descriptors", "denoising", "per-atom"])
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(qm9_root, tmp_path, busy_cores, objective):
     run_train(["--data-root", qm9_root, *COMMON, *objective, "--epochs", 4, "--out-dir", tmp_path / "straight"])
     run_train(["--data-root", qm9_root, *COMMON, *objective, "--epochs", 2, "--out-dir", tmp_path / "interrupted"])

@@ -8,7 +8,7 @@ LAYERS = [  # a module imports only from the layers below its own
     {"configs", "utils"},
     {"cli", "graphs", "selection", "plots", "distributed"},
     {"qm9", "coremof", "descriptors", "models", "pretrained"},
-    {"data", "heads"},
+    {"data", "heads", "atom_targets"},
     {"latents", "evaluation"},
     {"training"},
     SCRIPTS,
