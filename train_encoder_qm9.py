@@ -73,7 +73,7 @@ def check_config(cfg):
     on loading)."""
     data.check_dataset_settings(cfg)
     known_types = SimpleNamespace(**{**vars(cfg), "ATOM_TYPES": cfg.ATOM_TYPES or ["H"]})  # None: from the data
-    EquivGNNEncoder(**encoder_hparams(known_types, avg_num_neighbors=1.0))
+    EquivGNNEncoder(**encoder_hparams(known_types, avg_num_neighbors=1.0, periodic=False))
     descriptors.descriptor_sizes(known_types)
     descriptors.check_histogram_settings(cfg)
     check_split_ratios(cfg.TRAIN_VAL_TEST_SPLIT)

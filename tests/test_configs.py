@@ -36,7 +36,7 @@ SELECTION = {"KMEANS_ITERATIONS": 1, "TYPICLUST_K": 2, "TYPICLUST_MIN_CLUSTER_SI
              "HERDING_SAMPLE": 50}  # each changes the picks of the strategy that uses it
 PRETRAINED = {"PRETRAINED_MODEL", "PRETRAINED_READOUT", "PRETRAINED_MIRROR_AVERAGE", "PRETRAINED_BATCH_SIZE",
               "PRETRAINED_CHUNK_SIZE"}  # test_pretrained
-DATASETS = {"DATASET", "TARGET"}  # tests/test_coremof.py
+DATASETS = {"DATASET", "TARGET", "TARGET_UNIT", "ASE_FORMAT"}  # tests/test_coremof.py, tests/test_structure_file.py
 ELSEWHERE = PRETRAINED | DATASETS | {"DATA_ROOT", "OUTPUT_DIR", "EVAL_BATCH_SIZE", "ENC_LR_FACTOR", "ENC_LR_PATIENCE",
                                      "MLP_VAL_SIZE", "ENC_COMPILE", "DIST_TIMEOUT_S", "DENOISE_SIGMA"}
 # DIST_TIMEOUT_S: tests/test_distributed.py
@@ -52,7 +52,7 @@ def test_every_constant_has_a_behaviour_test():
 
 def encoder_output(cfg):
     torch.manual_seed(0)
-    encoder = models.EquivGNNEncoder(**training.encoder_hparams(cfg, avg_num_neighbors=6.0))
+    encoder = models.EquivGNNEncoder(**training.encoder_hparams(cfg, avg_num_neighbors=6.0, periodic=False))
     z, pos, batch = random_molecules([6, 9], torch.Generator().manual_seed(0))
     return encoder(z, pos.float(), batch).detach()
 
