@@ -1,6 +1,7 @@
 """The structures a run uses: the dataset and property chosen by DATASET and TARGET (qm9.py,
-coremof.py, or a structure file of the user's, structure_file.py), a seeded subset, the size cap, the check for coincident atoms, and `Structures`, which
-holds them on the device as flat tensors and gathers batches by index.
+coremof.py, or a structure file of the user's, structure_file.py), a seeded subset, the size cap,
+the checks for coincident atoms and elements, and `Structures`, which holds them on the device as
+flat tensors and gathers batches by index.
 
 A dataset's structures (load_dataset) have z (A,) uint8 atomic numbers, pos (A, 3) float32 Angstrom,
 n_atoms (M,), index (M,) the dataset's own id and y (M,) float64, the TARGET property (NaN where a

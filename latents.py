@@ -63,8 +63,9 @@ LEGACY_QM9 = {"dataset": "qm9", "target_name": "homo", "target_unit": "eV"}  # f
 
 def load_latents(path):
     """The arrays of a latents file, checked: keys, shapes, dtypes, finite values (NaN labels only
-    where a structure file's `labelled` is False), disjoint in-range splits. Files from before the npz named its property and dataset hold QM9 HOMO energies in eV
-    and call structure_index qm9_index; they are read as such."""
+    where a structure file's `labelled` is False), disjoint in-range splits. Files from before the
+    npz named its property and dataset hold QM9 HOMO energies in eV and call structure_index
+    qm9_index; they are read as such."""
     arrays = load_npz(path, "latents file")
     if "qm9_index" in arrays:
         arrays = {**LEGACY_QM9, "structure_index": arrays.pop("qm9_index"), **arrays}

@@ -28,7 +28,7 @@ from utils import InputError, cached_arrays, check_cache_arrays, first_line
 
 MIN_CELL_VOLUME = 1.0  # cubic Angstrom; a real cell holds at least one atom (about 10)
 CACHE_DTYPES = {"z": np.uint8, "pos": np.float32, "n_atoms": np.int64, "index": np.int64, "y": np.float64}
-SHOWN = 5  # positions an error lists at most
+NAME_THE_FORMAT = "name it with --set ASE_FORMAT=FORMAT (extxyz, db, traj, cif, ...)"
 
 
 def content_hash(path):
@@ -61,10 +61,9 @@ def file_format(path, ase_format):
     try:
         fmt = filetype(str(path))
     except UnknownFileTypeError as err:
-        fmt, reason = None, first_line(err)
+        raise InputError(f"{path}: ASE cannot tell its format ({first_line(err)}); {NAME_THE_FORMAT}") from None
     if fmt not in ioformats:  # ASE falls back on the file's extension, which need not name a format
-        raise InputError(f"{path}: ASE cannot tell its format ({reason if fmt is None else f'extension {fmt!r}'})"
-                         "; name it with --set ASE_FORMAT=FORMAT (extxyz, db, traj, cif, ...)")
+        raise InputError(f"{path}: ASE cannot tell its format (extension {fmt!r}); {NAME_THE_FORMAT}")
     return fmt
 
 
@@ -112,6 +111,9 @@ def parse_structure(atoms, target):
     """(z (n,), pos (n, 3), cell (3, 3) or None, label, name) of one structure; ValueError says why not."""
     if len(atoms) == 0:
         raise ValueError("no atoms")
+    if (atoms.numbers < 1).any():
+        raise ValueError(f"atom {int(np.argmin(atoms.numbers))} (0-based) is a dummy atom (atomic number 0); "
+                         "expected elements only")
     cell = periodic_cell(atoms)
     pos = atoms.get_positions(wrap=cell is not None)
     if not np.isfinite(pos).all():
@@ -119,28 +121,33 @@ def parse_structure(atoms, target):
     return atoms.numbers, pos, cell, label(atoms, target), str(atoms.info.get("name", ""))
 
 
+def read_frames(path, fmt):
+    """frames(path, fmt), a reader's failure an InputError that says how far it got."""
+    count = 0
+    try:
+        for atoms in frames(path, fmt):
+            yield atoms
+            count += 1
+    except Exception as err:  # ASE's readers raise whatever the bad line trips: value, key, index or format errors
+        raise InputError(f"{path}: not readable as {fmt} after {count} structures ({type(err).__name__}: "
+                         f"{first_line(err)}); if that is not its format, {NAME_THE_FORMAT}") from None
+
+
 def parse_file(path, fmt, target, digest):
     """Cache arrays of every structure of the file, with a progress bar; its content_hash must still
     be `digest` afterwards."""
     parsed = []
-    try:
-        for position, atoms in enumerate(tqdm(frames(path, fmt), desc=f"parsing {Path(path).name}",
-                                              unit=" structures", disable=None)):
-            try:
-                parsed.append(parse_structure(atoms, target))
-            except ValueError as err:
-                raise InputError(f"{path}: structure {position} (0-based position): {err}") from None
-    except InputError:
-        raise
-    except Exception as err:  # ASE's readers raise whatever the bad line trips: value, key, index or format errors
-        raise InputError(f"{path}: not readable as {fmt} after {len(parsed)} structures ({type(err).__name__}: "
-                         f"{first_line(err)}); if that is not its format, name it with --set ASE_FORMAT=FORMAT") \
-            from None
+    for position, atoms in enumerate(tqdm(read_frames(path, fmt), desc=f"parsing {Path(path).name}",
+                                          unit=" structures", disable=None)):
+        try:
+            parsed.append(parse_structure(atoms, target))
+        except ValueError as err:
+            raise InputError(f"{path}: structure {position} (0-based position): {err}") from None
     if content_hash(path) != digest:
         raise InputError(f"{path}: the file changed while it was parsed; parse it again once it is complete")
     if not parsed:
-        raise InputError(f"{path}: no structures read as {fmt}; expected one or more (if {fmt} is not its format, "
-                         "name it with --set ASE_FORMAT=FORMAT)")
+        raise InputError(f"{path}: no structures read as {fmt}; expected one or more; if that is not its format, "
+                         f"{NAME_THE_FORMAT}")
     return stack(path, parsed)
 
 
@@ -150,9 +157,9 @@ def stack(path, parsed):
     periodic = np.array([cell is not None for cell in cells])
     if periodic.any() and not periodic.all():
         first = int(np.flatnonzero(periodic != periodic[0])[0])
-        raise InputError(f"{path}: structure {first} (0-based position) is {'' if periodic[first] else 'not '}"
-                         f"periodic and structure 0 is {'' if periodic[0] else 'not '}so; expected all molecules "
-                         "(pbc False) or all crystals (pbc True with a cell)")
+        kind = {True: "a crystal", False: "a molecule"}
+        raise InputError(f"{path}: structure {first} (0-based position) is {kind[periodic[first]]} and structure 0 "
+                         f"{kind[periodic[0]]}; expected all molecules (pbc False) or all crystals (pbc True, a cell)")
     arrays = {"z": np.concatenate(zs).astype(np.uint8), "pos": np.concatenate(positions).astype(np.float32),
               "n_atoms": np.array([len(z) for z in zs], dtype=np.int64),
               "index": np.arange(len(parsed), dtype=np.int64), "y": np.array(labels, dtype=np.float64)}
@@ -184,7 +191,6 @@ def load_structure_file(data_root, path, target, ase_format, check):
     check(arrays) (which raises on bad structures) and cached there."""
     check_readable(path)
     fmt = file_format(path, ase_format)
-
     digest = content_hash(path)
 
     def parse():

@@ -5,6 +5,7 @@ every kind of bad file stops with one line and leaves no run folder or cache."""
 import ase
 import ase.db
 import ase.io
+from ase.calculators.singlepoint import SinglePointCalculator
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +16,7 @@ import sampling_mlp_experiment as sm
 import structure_file
 import training
 from cli import resolve_config
-from conftest import expect_input_error, run_train
+from conftest import expect_input_error, run_train, write_synthetic_latents
 from latents import load_latents
 from models import EquivGNNEncoder
 
@@ -73,7 +74,8 @@ def train_and_sample(tmp_path, dataset, target):
     return load_latents(latents)
 
 
-@pytest.mark.parametrize("kind, target, suffix", [("molecules", "gap", "extxyz"), ("crystals", "density", "db")])
+@pytest.mark.parametrize("kind, target", [("molecules", "gap"), ("crystals", "density")])
+@pytest.mark.parametrize("suffix", ["extxyz", "db"])
 def test_a_labelled_file_goes_through_both_scripts_with_its_labels_by_position(tmp_path, kind, target, suffix):
     frames = structures(kind)
     path = tmp_path / f"pool.{suffix}"
@@ -95,7 +97,7 @@ def test_energy_from_the_calculator_and_target_unit_go_into_the_latents(tmp_path
     frames = structures("molecules")
     for atoms in frames:
         atoms.info.pop("gap")
-        atoms.calc = ase.calculators.singlepoint.SinglePointCalculator(atoms, energy=-0.5 * len(atoms))
+        atoms.calc = SinglePointCalculator(atoms, energy=-0.5 * len(atoms))
     ase.io.write(tmp_path / "pool.extxyz", frames)
     run_train(["--dataset", tmp_path / "pool.extxyz", "--target", "energy", "--epochs", 0, "--data-root",
                tmp_path / "data", "--out-dir", tmp_path / "run", "--set", "TARGET_UNIT=eV", *SMALL_MODEL])
@@ -140,7 +142,6 @@ def test_an_unlabelled_pool_selects_and_a_partly_labelled_one_warm_starts(tmp_pa
 
 
 def test_from_latents_needs_the_latents_of_a_structure_file(tmp_path, capsys):
-    from conftest import write_synthetic_latents
     path = write_synthetic_latents(tmp_path / "latents.npz")
     message = expect_input_error(capsys, sm.main, ["--latents", str(path), "--select", "random", "--budget", "3",
                                                    "--labelled", "from-latents", "--out-dir", str(tmp_path / "s")])
@@ -148,7 +149,6 @@ def test_from_latents_needs_the_latents_of_a_structure_file(tmp_path, capsys):
 
 
 def test_nan_labels_in_latents_need_the_labelled_key(tmp_path, capsys):
-    from conftest import write_synthetic_latents
     y = np.full(600, np.nan)
     path = write_synthetic_latents(tmp_path / "latents.npz", y_all=y)
     assert "y_all has 600 NaN" in expect_input_error(capsys, load_latents, path)
@@ -202,7 +202,8 @@ def test_an_edited_file_is_parsed_again_and_ase_format_reads_any_name(tmp_path):
 
 
 def test_a_file_that_changes_while_parsed_is_an_error(tmp_path, monkeypatch):
-    path = ase.io.write(tmp_path / "pool.extxyz", structures("molecules", count=4)) or tmp_path / "pool.extxyz"
+    path = tmp_path / "pool.extxyz"
+    ase.io.write(path, structures("molecules", count=4))
     reader = structure_file.frames
 
     def edited_midway(*args):
@@ -246,12 +247,15 @@ BAD_FILES = {  # name: (file content: frames or raw text, extra flags, expected 
                   "{path}: structure 4 (0-based position): label gap=nan is not finite"),
     "infinite label": (molecules_with(5, lambda atoms: atoms.info.update(gap=float("inf"))), [],
                        "structure 5 (0-based position): label gap=inf is not finite"),
-    "mixed": (molecules_with(7, periodic), [], "{path}: structure 7 (0-based position) is periodic and structure 0"),
+    "mixed": (molecules_with(7, periodic), [], "{path}: structure 7 (0-based position) is a crystal and structure 0 a molecule"),
     "flat cell": (molecules_with(2, flat_cell), [], "{path}: structure 2 (0-based position): cell of volume 0"),
-    "overlap": (molecules_with(6, overlap), [], "{path}: structure mol6 (with index 6): atoms 0 and 1 (0-based) are 0.0017"),
+    "overlap": (molecules_with(6, overlap), [],
+                "{path}: structure mol6 (with index 6): atoms 0 and 1 (0-based) are 0.0017"),
     "element": (structures("molecules"), ["--set", "ATOM_TYPES=('H', 'C', 'N')"],
                 "{path}: structures hold atomic numbers [8] that ATOM_TYPES ('H', 'C', 'N') lacks, the first is "
                 "structure mol"),
+    "dummy atom": (molecules_with(3, lambda atoms: atoms.numbers.__setitem__(0, 0)), [],
+                   "{path}: structure 3 (0-based position): atom 0 (0-based) is a dummy atom"),
     "format": (structures("molecules"), ["--set", "ASE_FORMAT=xyzzy"], "ASE_FORMAT='xyzzy': not a format ASE knows"),
 }
 
