@@ -53,7 +53,8 @@ MAY_BE_ZERO = {"ENC_LR_PATIENCE", "ENC_EPOCHS"}
 
 SEED_KEYS = {"SEED", "SAMPLING_SEEDS"}
 
-NONE_DEFAULT_EXAMPLES = {"ATOM_TYPES": ("H",)}  # settings whose None default stands for a list
+NONE_DEFAULT_EXAMPLES = {"ATOM_TYPES": ("H",), "ASE_FORMAT": "extxyz"}  # settings whose None default stands for
+# a value of another type than a count
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which set_seed uses, takes no larger seed
 

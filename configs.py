@@ -13,9 +13,13 @@ DATA_ROOT = str(_PACKAGE_DIR / "data")  # the parsed structure cache is written 
 OUTPUT_DIR = str(_PACKAGE_DIR / "runs")  # every run writes one timestamped folder here
 
 # --- dataset -----------------------------------------------------------------------
-DATASET = "qm9"  # "qm9": 130,831 molecules (qm9pack); "coremof": CoRE MOF 2019-ASR crystals (core-mof), periodic
+DATASET = "qm9"  # "qm9": 130,831 molecules (qm9pack); "coremof": CoRE MOF 2019-ASR crystals (core-mof), periodic;
+# any other value is the path of a structure file that ase.io.read reads (structure_file.py)
 TARGET = "homo"  # the property labelled: "homo" (eV) for qm9; a 2019-ASR.csv column for coremof (coremof.py
-# lists them: LCD, PLD, LFPD, cm3_g, ASA_m2_cm3, ASA_m2_g, AV_VF, AV_cm3_g, ...)
+# lists them: LCD, PLD, LFPD, cm3_g, ASA_m2_cm3, ASA_m2_g, AV_VF, AV_cm3_g, ...); for a file, the atoms.info key
+# (or calculator result, such as energy) holding the label: structures without it are unlabelled
+TARGET_UNIT = "unknown"  # a structure file's label unit, written into the latents and plots (built-ins set their own)
+ASE_FORMAT = None  # a structure file's ASE format ("extxyz", "db", "cif", ...); None: ASE guesses from name and content
 
 # --- structures --------------------------------------------------------------------
 ATOM_TYPES = None  # elements the encoder embeds; None: every element of the dataset; any other one is an input error

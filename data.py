@@ -1,10 +1,12 @@
 """The structures a run uses: the dataset and property chosen by DATASET and TARGET (qm9.py,
-coremof.py), a seeded subset, the size cap, the check for coincident atoms, and `Structures`, which
-holds them on the device as flat tensors and gathers batches by index.
+coremof.py, or a structure file of the user's, structure_file.py), a seeded subset, the size cap,
+the checks for coincident atoms and elements, and `Structures`, which holds them on the device as
+flat tensors and gathers batches by index.
 
 A dataset's structures (load_dataset) have z (A,) uint8 atomic numbers, pos (A, 3) float32 Angstrom,
-n_atoms (M,), index (M,) the dataset's own id and y (M,) float64, the TARGET property; periodic ones
-also cell (M, 3, 3) float64, one lattice vector a row, and name (M,), their names in the dataset.
+n_atoms (M,), index (M,) the dataset's own id and y (M,) float64, the TARGET property (NaN where a
+file's structure has none); periodic ones also cell (M, 3, 3) float64, one lattice vector a row;
+named ones name (M,), their names in the dataset.
 """
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +15,7 @@ import numpy as np
 import torch
 
 import coremof
+import structure_file
 from graphs import (ATOMIC_NUMBER, COINCIDENT_DISTANCE, PERIODIC_TABLE, atomic_numbers, edge_vectors, neighbour_graph,
                     type_index_table)
 from qm9 import QM9_TARGETS, load_qm9
@@ -43,8 +46,11 @@ def check_atom_distances(arrays, source, chunk=8192):
 
 
 def structure_label(arrays, row):
-    """How error messages name the structure at `row`: its name, else its index in the dataset."""
-    return str(arrays["name"][row]) if "name" in arrays else f"with index {arrays['index'][row]}"
+    """How error messages name the structure at `row`: its index in the dataset (a file's: its
+    position), after its name where it has one."""
+    index = f"with index {arrays['index'][row]}"
+    name = str(arrays["name"][row]) if "name" in arrays else ""
+    return f"{name} ({index})" if name else index
 
 
 PER_ATOM_KEYS = ("z", "pos")  # every other array of a dataset has one entry per structure
@@ -73,17 +79,31 @@ def seeded_subset(arrays, max_structures, seed, pool="the size of the dataset"):
 # --- datasets ----------------------------------------------------------------------
 
 DATASET_TARGETS = {"qm9": QM9_TARGETS, "coremof": coremof.PROPERTY_UNITS}
-PERIODIC_DATASETS = ("coremof",)  # crystals: periodic graphs, per-atom descriptors, atom-averaged latents
+UNKNOWN_UNIT = "unknown"  # TARGET_UNIT's default: a file does not say what its labels measure
+
+
+def is_file_dataset(cfg):
+    """DATASET names a structure file, not a built-in dataset."""
+    return cfg.DATASET not in DATASET_TARGETS
 
 
 def check_dataset_settings(cfg):
-    """DATASET, TARGET and HIST_ELEMENTS that can work, before any data is read."""
-    if cfg.DATASET not in DATASET_TARGETS:
-        raise InputError(f"DATASET={cfg.DATASET!r}: expected one of {list(DATASET_TARGETS)}")
-    targets = DATASET_TARGETS[cfg.DATASET]
-    if cfg.TARGET not in targets:
-        raise InputError(f"TARGET={cfg.TARGET!r}: dataset {cfg.DATASET} has no such property; expected one of "
-                         f"{list(targets)}")
+    """DATASET, TARGET, TARGET_UNIT, ASE_FORMAT and HIST_ELEMENTS that can work, before any data is read."""
+    if is_file_dataset(cfg):
+        path = Path(cfg.DATASET)
+        if not path.is_file():
+            raise InputError(f"DATASET={cfg.DATASET!r}: expected one of {list(DATASET_TARGETS)} or the path of a "
+                             f"structure file ({'a folder' if path.is_dir() else 'no such file'})")
+        structure_file.check_readable(path)
+    else:
+        targets = DATASET_TARGETS[cfg.DATASET]
+        if cfg.TARGET not in targets:
+            raise InputError(f"TARGET={cfg.TARGET!r}: dataset {cfg.DATASET} has no such property; expected one of "
+                             f"{list(targets)}")
+        for name, value, default in (("TARGET_UNIT", cfg.TARGET_UNIT, UNKNOWN_UNIT), ("ASE_FORMAT", cfg.ASE_FORMAT,
+                                                                                       None)):
+            if value != default:
+                raise InputError(f"{name}={value!r}: only for a structure file; dataset {cfg.DATASET} sets its own")
     hist_elements = tuple(cfg.HIST_ELEMENTS)
     for symbol in hist_elements:
         if symbol not in ATOMIC_NUMBER:
@@ -96,12 +116,15 @@ def check_dataset_settings(cfg):
 
 
 def target_unit(cfg):
-    return DATASET_TARGETS[cfg.DATASET][cfg.TARGET]
+    return cfg.TARGET_UNIT if is_file_dataset(cfg) else DATASET_TARGETS[cfg.DATASET][cfg.TARGET]
 
 
 def load_dataset(cfg):
     """Every structure of cfg.DATASET, read from its cache under DATA_ROOT (built on first use), with
     the TARGET property as y."""
+    if is_file_dataset(cfg):
+        return structure_file.load_structure_file(cfg.DATA_ROOT, cfg.DATASET, cfg.TARGET, cfg.ASE_FORMAT,
+                                                  lambda arrays: check_atom_distances(arrays, cfg.DATASET))
     if cfg.DATASET == "qm9":
         arrays = load_qm9(cfg.DATA_ROOT)
         return {"z": arrays["z"], "pos": arrays["pos"], "n_atoms": arrays["n_atoms"], "index": arrays["index"],
@@ -114,6 +137,11 @@ def load_dataset(cfg):
                          "value for every structure")
     structures = {key: arrays[key] for key in ("z", "pos", "n_atoms", "index", "cell", "name")}
     return {**structures, "y": arrays[cfg.TARGET]}
+
+
+def is_periodic(arrays):
+    """Crystals (periodic graphs, per-atom descriptors, atom-averaged latents), not molecules."""
+    return "cell" in arrays
 
 
 def dataset_atom_types(atom_types, arrays):
@@ -144,8 +172,20 @@ def load_structures(cfg):
     pool = (f"the structures of at most MAX_STRUCTURE_ATOMS={cfg.MAX_STRUCTURE_ATOMS} atoms" if dropped
             else "the size of the dataset")
     arrays = seeded_subset(arrays, cfg.MAX_STRUCTURES, cfg.SEED, pool)
-    check_atom_distances(arrays, f"{cfg.DATASET} cache in {cfg.DATA_ROOT}")
+    source = cfg.DATASET if is_file_dataset(cfg) else f"{cfg.DATASET} cache in {cfg.DATA_ROOT}"
+    check_atom_distances(arrays, source)
+    check_elements(arrays, cfg.ATOM_TYPES, source)
     return arrays, cfg, dropped
+
+
+def check_elements(arrays, atom_types, source):
+    """Every atom's element is one of `atom_types`; the error names the first structure with another."""
+    known = np.isin(arrays["z"], atomic_numbers(atom_types))
+    if not known.all():
+        extra = sorted({int(z) for z in arrays["z"][~known]})
+        row = int(np.searchsorted(np.cumsum(arrays["n_atoms"]), np.argmin(known), side="right"))
+        raise InputError(f"{source}: structures hold atomic numbers {extra} that ATOM_TYPES {tuple(atom_types)} "
+                         f"lacks, the first is structure {structure_label(arrays, row)}")
 
 
 # --- device-resident batches -------------------------------------------------------

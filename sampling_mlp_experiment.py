@@ -39,6 +39,7 @@ from selection import STRATEGIES, selection_latents, standardized_latents
 from utils import InputError, atomic_path, get_device, write_csv
 
 RESULT_FILES = {"random": "results_random.csv", "kcenter": "results_latent.csv"}  # the others: results_<name>.csv
+FROM_LATENTS = "from-latents"  # --labelled: the latents' own labels are the warm start
 
 
 def parse_args(argv=None):
@@ -61,7 +62,8 @@ def parse_args(argv=None):
     chooser.add_argument("--budget", type=int, help="how many molecules --select picks")
     chooser.add_argument("--labelled", type=Path,
                          help="structures labelled already: a text file of structure index values (QM9 Index), "
-                              "one a line, or a CSV with a structure_index column (such as an earlier to_label.csv)")
+                              "one a line, or a CSV with a structure_index column (such as an earlier to_label.csv); "
+                              f"{FROM_LATENTS}: the pool structures that have a label in a structure file's latents")
     chooser.add_argument("--seed", type=int, help=f"seed of the --select strategy (default {SELECT_SEED})")
     add_run_arguments(parser)
     return parser.parse_args(argv)
@@ -369,11 +371,32 @@ def check_selection_request(args, cfg, arrays):
     check_names("strategy", [args.select], STRATEGIES)
     if "structure_index" not in arrays:
         raise InputError("the latents npz has no structure_index, which --select needs to name the structures")
-    labelled = read_labelled(args.labelled, arrays) if args.labelled else np.zeros(0, dtype=np.int64)
+    if str(args.labelled) == FROM_LATENTS:
+        labelled = labelled_in_latents(args.latents, arrays)
+    else:
+        labelled = read_labelled(args.labelled, arrays) if args.labelled else np.zeros(0, dtype=np.int64)
     free = len(arrays["idx_train"]) - len(labelled)
     if args.budget is None or not 1 <= args.budget <= free:
         raise InputError(f"--budget {args.budget}: expected 1..{free}, the pool molecules not labelled yet")
     return labelled
+
+
+def labelled_in_latents(path, arrays):
+    """Pool rows of the structures that have a label in a structure file's latents."""
+    if "labelled" not in arrays:
+        raise InputError(f"--labelled {FROM_LATENTS}: {path} has no labelled key; only the latents of a structure "
+                         "file say which structures have a label")
+    return np.flatnonzero(arrays["labelled"][arrays["idx_train"]])
+
+
+def require_labels(path, arrays):
+    """The experiment fits heads on labels: every structure needs one."""
+    if "labelled" in arrays and not arrays["labelled"].all():
+        missing = arrays["structure_index"][~arrays["labelled"]].tolist()
+        shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        raise InputError(f"{path}: the experiment needs a {arrays['target_name']} label for every structure; "
+                         f"{len(missing)} of {len(arrays['labelled'])} have none (structure_index {shown}); "
+                         "--select picks which to label")
 
 
 def describe_picks(z_pool, picks, labelled, logger):
@@ -424,6 +447,7 @@ def main(argv=None):
                                labelled=str(args.labelled) if args.labelled else None)
             run_selection(args, cfg, arrays, labelled, seed, out_dir, device, logger)
         return
+    require_labels(args.latents, arrays)
     ns = check_plan(cfg, len(arrays["idx_train"]))
     reference = load_references(args.reference)
     device = get_device(args.device)

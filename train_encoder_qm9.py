@@ -13,6 +13,7 @@ beside the latents.
     python train_encoder_qm9.py --out-dir runs/untrained --epochs 0     # control: the untrained encoder
     python train_encoder_qm9.py --out-dir runs/descriptors --descriptor-latents  # control: the targets
     python train_encoder_qm9.py --dataset coremof --target AV_VF --max-molecules 300 --epochs 3 --out-dir runs/mof
+    python train_encoder_qm9.py --dataset pool.extxyz --target gap --out-dir runs/pool   # your own structures
 """
 import argparse
 import contextlib
@@ -34,8 +35,9 @@ from utils import InputError, check_split_ratios, get_device, quiet_logger
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", help="override DATASET: qm9 or coremof")
-    parser.add_argument("--target", help="override TARGET, the property stored beside the latents")
+    parser.add_argument("--dataset", help="override DATASET: qm9, coremof or the path of a structure file ASE reads")
+    parser.add_argument("--target", help="override TARGET, the property stored beside the latents (for a structure "
+                                         "file, the atoms.info key; structures without it are unlabelled)")
     parser.add_argument("--data-root", help="override DATA_ROOT (where the dataset cache lives)")
     parser.add_argument("--max-structures", "--max-molecules", dest="max_molecules", type=int,
                         help="override MAX_STRUCTURES: a seeded subset")
@@ -74,7 +76,7 @@ def check_config(cfg):
     learning-rate schedule (types and signs are checked on loading)."""
     data.check_dataset_settings(cfg)
     known_types = SimpleNamespace(**{**vars(cfg), "ATOM_TYPES": cfg.ATOM_TYPES or ["H"]})  # None: from the data
-    EquivGNNEncoder(**encoder_hparams(known_types, avg_num_neighbors=1.0))
+    EquivGNNEncoder(**encoder_hparams(known_types, avg_num_neighbors=1.0, periodic=False))
     descriptors.descriptor_sizes(known_types)
     descriptors.check_histogram_settings(cfg)
     check_atom_descriptor(cfg)

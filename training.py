@@ -36,22 +36,24 @@ def average_neighbors(structures, rows, cutoff, batch_size, max_atoms):
     return edges / atoms
 
 
-def encoder_hparams(cfg, avg_num_neighbors):
-    """Everything EquivGNNEncoder needs, as primitives stored in every checkpoint."""
+def encoder_hparams(cfg, avg_num_neighbors, periodic):
+    """Everything EquivGNNEncoder needs, as primitives stored in every checkpoint; `periodic`:
+    crystals, whose latent averages over atoms (a supercell has the latent of its cell)."""
     return {"atom_types": list(cfg.ATOM_TYPES), "hidden_irreps": cfg.ENC_HIDDEN_IRREPS,
             "num_layers": cfg.ENC_NUM_LAYERS, "latent_dim": cfg.LATENT_DIM, "cutoff": cfg.CUTOFF,
             "num_radial_basis": cfg.NUM_RADIAL_BASIS, "radial_hidden_dim": cfg.RADIAL_HIDDEN_DIM,
             "avg_num_neighbors": avg_num_neighbors, "readout": cfg.LATENT_READOUT,
-            "keep_vectors": cfg.DENOISE_WEIGHT > 0, "pooling": latent_pooling(cfg), "mask_token": cfg.MASK_WEIGHT > 0}
+            "keep_vectors": cfg.DENOISE_WEIGHT > 0, "pooling": latent_pooling(cfg, periodic),
+            "mask_token": cfg.MASK_WEIGHT > 0}
 
 
-def latent_pooling(cfg):
+def latent_pooling(cfg, periodic):
     """LATENT_POOLING, with "auto" resolved: periodic structures average, molecules sum."""
     if cfg.LATENT_POOLING not in ("auto", *POOLINGS):
         raise InputError(f"LATENT_POOLING={cfg.LATENT_POOLING!r}: expected one of {['auto', *POOLINGS]}")
     if cfg.LATENT_POOLING != "auto":
         return cfg.LATENT_POOLING
-    return "mean" if cfg.DATASET in data.PERIODIC_DATASETS else "sum"
+    return "mean" if periodic else "sum"
 
 
 def decoder_hparams(cfg, out_dim):
@@ -383,9 +385,12 @@ def export_latents(out_dir, structures, arrays, split, cfg, device, logger):
 
 
 def log_written(path, source, arrays, cfg, logger):
-    unit = data.target_unit(cfg)
-    logger.info("wrote %s (%s); %s mean %.4g %s, std %.4g %s (not used in training)", path, source, cfg.TARGET,
-                arrays["y"].mean(), unit, arrays["y"].std(), unit)
+    unit, labels = data.target_unit(cfg), arrays["y"][np.isfinite(arrays["y"])]
+    if len(labels) == 0:
+        logger.info("wrote %s (%s); no structure has a %s label: an unlabelled pool", path, source, cfg.TARGET)
+        return
+    logger.info("wrote %s (%s); %s of %d of %d structures: mean %.4g %s, std %.4g %s (not used in training)", path,
+                source, cfg.TARGET, len(labels), len(arrays["y"]), labels.mean(), unit, labels.std(), unit)
 
 
 def export_descriptor_latents(out_dir, prepared, cfg, logger):
@@ -402,7 +407,7 @@ def train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger, ran
     writes; with several ranks the model trains under DistributedDataParallel. ENC_EPOCHS=0 saves
     and exports the untrained encoder, a control."""
     set_seed(cfg.SEED)
-    enc_hparams = encoder_hparams(cfg, avg_neighbors)
+    enc_hparams = encoder_hparams(cfg, avg_neighbors, data.is_periodic(prepared.arrays))
     dec_hparams = decoder_hparams(cfg, prepared.targets.shape[1])
     model, optimizer, scheduler, first_epoch, best_val = build_models(cfg, enc_hparams, dec_hparams, device,
                                                                       checkpoint)

@@ -109,7 +109,7 @@ def qm9_setup(cfg, sizes, device):
     avg_neighbors = training.average_neighbors(structures, rows, cfg.CUTOFF, cfg.EVAL_BATCH_SIZE,
                                                 cfg.BATCH_MAX_ATOMS)
     return SimpleNamespace(arrays=arrays, structures=structures, targets=targets, molecules=molecules,
-                           enc_hparams=training.encoder_hparams(cfg, avg_neighbors),
+                           enc_hparams=training.encoder_hparams(cfg, avg_neighbors, periodic=False),
                            dec_hparams=training.decoder_hparams(cfg, targets.shape[1]),
                            data_list_seconds=data_list_seconds)
 

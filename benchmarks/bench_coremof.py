@@ -94,7 +94,7 @@ def bench_training(structures_count, budget, device):
     cfg = prepared.cfg
     set_seed(cfg.SEED)
     model, optimizer, _, _, _ = training.build_models(
-        cfg, training.encoder_hparams(cfg, avg_num_neighbors=34.0),
+        cfg, training.encoder_hparams(cfg, avg_num_neighbors=34.0, periodic=True),
         training.decoder_hparams(cfg, prepared.targets.shape[1]), device, checkpoint=None)
     rows = torch.as_tensor(prepared.split[0], device=device)
     clock = {"seconds": 0.0}

@@ -41,7 +41,7 @@ def variant_epoch(overrides, args, device):
     prepared = training.prepare_data(cfg, device)
     cfg = prepared.cfg
     set_seed(cfg.SEED)
-    hparams = (training.encoder_hparams(cfg, avg_num_neighbors=15.0),
+    hparams = (training.encoder_hparams(cfg, avg_num_neighbors=15.0, periodic=False),
                training.decoder_hparams(cfg, prepared.targets.shape[1]))
     model, optimizer, _, _, _ = training.build_models(cfg, *hparams, device, checkpoint=None)
     rows = torch.as_tensor(prepared.split[0], device=device)

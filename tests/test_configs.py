@@ -36,7 +36,7 @@ SELECTION = {"KMEANS_ITERATIONS": 1, "TYPICLUST_K": 2, "TYPICLUST_MIN_CLUSTER_SI
              "HERDING_SAMPLE": 50}  # each changes the picks of the strategy that uses it
 PRETRAINED = {"PRETRAINED_MODEL", "PRETRAINED_READOUT", "PRETRAINED_MIRROR_AVERAGE", "PRETRAINED_BATCH_SIZE",
               "PRETRAINED_CHUNK_SIZE"}  # test_pretrained
-DATASETS = {"DATASET", "TARGET"}  # tests/test_coremof.py
+DATASETS = {"DATASET", "TARGET", "TARGET_UNIT", "ASE_FORMAT"}  # tests/test_coremof.py, tests/test_structure_file.py
 OBJECTIVES = {"LATENT_POOLING", "MASK_WEIGHT", "MASK_FRACTION", "ATOM_TARGET_WEIGHT", "ATOM_DESCRIPTOR",
               "ATOM_DESCRIPTOR_CUTOFF", "SOAP_N_MAX", "SOAP_L_MAX"}  # tests/test_objectives.py
 ELSEWHERE = PRETRAINED | DATASETS | OBJECTIVES | {"DATA_ROOT", "OUTPUT_DIR", "EVAL_BATCH_SIZE", "ENC_LR_FACTOR", "ENC_LR_PATIENCE",
@@ -54,7 +54,7 @@ def test_every_constant_has_a_behaviour_test():
 
 def encoder_output(cfg):
     torch.manual_seed(0)
-    encoder = models.EquivGNNEncoder(**training.encoder_hparams(cfg, avg_num_neighbors=6.0))
+    encoder = models.EquivGNNEncoder(**training.encoder_hparams(cfg, avg_num_neighbors=6.0, periodic=False))
     z, pos, batch = random_molecules([6, 9], torch.Generator().manual_seed(0))
     return encoder(z, pos.float(), batch).detach()
 

@@ -209,7 +209,7 @@ def test_target_chooses_the_labels(mof_root, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--target", "LCD"], "TARGET LCD is NaN for structures ['MOF05']"),
     (["--target", "homo"], "TARGET='homo': dataset coremof has no such property; expected one of ['LCD',"),
-    (["--dataset", "crystals"], "DATASET='crystals': expected one of ['qm9', 'coremof']"),
+    (["--dataset", "crystals"], "DATASET='crystals': expected one of ['qm9', 'coremof'] or the path of a structure file"),
     (["--set", "ATOM_TYPES=('H', 'C', 'O')"], "atomic numbers [30] that ATOM_TYPES ('H', 'C', 'O') lacks"),
     (["--set", "HIST_ELEMENTS=('H', 'Q')"], "HIST_ELEMENTS=('H', 'Q'): 'Q' is not an element symbol"),
 ])

@@ -7,7 +7,7 @@ SCRIPTS = {"train_encoder_qm9", "sampling_mlp_experiment", "export_pretrained_la
 LAYERS = [  # a module imports only from the layers below its own
     {"configs", "utils"},
     {"cli", "graphs", "selection", "plots", "distributed"},
-    {"qm9", "coremof", "descriptors", "models", "pretrained"},
+    {"qm9", "coremof", "structure_file", "descriptors", "models", "pretrained"},
     {"data", "heads", "atom_targets"},
     {"latents", "evaluation"},
     {"training"},

@@ -48,14 +48,14 @@ def encode(encoder, z, pos, cell):
 def molecule_encoder(**overrides):
     cfg = resolve_config({"ATOM_TYPES": QM9_TYPES, "CUTOFF": 3.0, "LATENT_DIM": 16, **overrides})
     torch.manual_seed(0)
-    return EquivGNNEncoder(**training.encoder_hparams(cfg, avg_num_neighbors=8.0)).double().eval()
+    return EquivGNNEncoder(**training.encoder_hparams(cfg, avg_num_neighbors=8.0, periodic=False)).double().eval()
 
 
 def crystal_encoder(**overrides):
     cfg = resolve_config({"ATOM_TYPES": TYPES, "DATASET": "coremof", "TARGET": "AV_VF", "CUTOFF": 3.0,
                           "ENC_HIDDEN_IRREPS": "8x0e + 8x1o + 8x1e", "LATENT_DIM": 16, **overrides})
     torch.manual_seed(0)
-    return EquivGNNEncoder(**training.encoder_hparams(cfg, avg_num_neighbors=10.0)).double().eval()
+    return EquivGNNEncoder(**training.encoder_hparams(cfg, avg_num_neighbors=10.0, periodic=True)).double().eval()
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,8 @@ def test_moments_are_mean_std_and_max_per_structure():
 
 def test_old_checkpoints_without_the_new_hyperparameters_still_load():
     encoder = molecule_encoder()
-    hparams = training.encoder_hparams(resolve_config({"ATOM_TYPES": QM9_TYPES}), avg_num_neighbors=8.0)
+    hparams = training.encoder_hparams(resolve_config({"ATOM_TYPES": QM9_TYPES}), avg_num_neighbors=8.0,
+                                       periodic=False)
     del hparams["mask_token"]
     old = EquivGNNEncoder(**hparams)
     assert old.embedding.weight.shape == (len(QM9_TYPES), 16)
@@ -170,7 +171,7 @@ def small_structures(qm9_arrays):
 def model_and_losses(structures, draws, **overrides):
     cfg = resolve_config({"ATOM_TYPES": QM9_TYPES, "LATENT_DIM": 16, "DEC_HIDDEN_DIM": 16, **overrides})
     sizes = descriptors.descriptor_sizes(cfg)
-    model = training.build_models(cfg, training.encoder_hparams(cfg, 10.0),
+    model = training.build_models(cfg, training.encoder_hparams(cfg, 10.0, periodic=False),
                                   training.decoder_hparams(cfg, sum(sizes.values())), torch.device("cpu"), None)[0]
     targets = torch.zeros(structures.num_molecules, sum(sizes.values()))
     return cfg, training.batch_losses(model, structures, targets, torch.arange(12), draws, sizes, 0.04)

@@ -83,7 +83,7 @@ def crystal_encoder(**overrides):
     cfg = resolve_config({"ATOM_TYPES": TYPES, "DATASET": "coremof", "TARGET": "AV_VF", "CUTOFF": CUTOFF,
                           "ENC_HIDDEN_IRREPS": "8x0e + 8x1o + 8x1e", "LATENT_DIM": 16, **overrides})
     torch.manual_seed(0)
-    return EquivGNNEncoder(**training.encoder_hparams(cfg, avg_num_neighbors=10.0)).double().eval()
+    return EquivGNNEncoder(**training.encoder_hparams(cfg, avg_num_neighbors=10.0, periodic=True)).double().eval()
 
 
 def encode(encoder, z, pos, cell):
