@@ -81,6 +81,8 @@ TYPICLUST_K = 20  # neighbours of TypiClust's typicality (Hacohen et al. 2022), 
 TYPICLUST_MIN_CLUSTER_SIZE = 5  # TypiClust skips clusters of this many molecules or fewer: outlier groups
 HERDING_WIDTH = 1.0  # herding's Gaussian kernel width, in median pairwise latent distances
 HERDING_SAMPLE = 10_000  # pool molecules whose kernel mean estimates the pool density for herding
+SELECTION_DIM = None  # int: select on this many leading principal components of the (standardized) latents,
+# many times faster on wide latents (docs/performance.md measures the cost in picks and MAE); None: all columns
 
 # --- heads of the experiment -------------------------------------------------------
 HEAD = ["mlp", "krr"]  # mlp: the ResidualMLP above; krr: kernel ridge regression; a name or a list

@@ -310,6 +310,7 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_args(args)
     arrays = load_latents(args.latents)  # every input is checked before the run folder exists
+    selection.check_selection_dim(cfg.SELECTION_DIM, arrays["z_all"].shape[1])
     if args.select is not None:
         labelled = check_selection_request(args, cfg, arrays)
         device = get_device(args.device)

@@ -288,6 +288,8 @@ def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
     ({}, ["--select", "kmeans", "--budget", "421"], "--budget 421: expected 1..420"),
     ({}, ["--select", "kmeans"], "--budget None: expected 1..420"),
     ({"structure_index": None}, ["--select", "kmeans", "--budget", "5"], "the latents npz has no structure_index"),
+    ({}, ["--set", "SELECTION_DIM=17"], "SELECTION_DIM=17: expected None or 1..16, the width of the latents"),
+    ({}, ["--select", "kmeans", "--budget", "5", "--set", "SELECTION_DIM=0"], "SELECTION_DIM=0: expected a positive number"),
 ])
 def test_bad_input_exits_with_one_line_before_any_output(capsys, tmp_path, replace, argv, message):
     npz = write_synthetic_latents(tmp_path / "latents.npz", **replace)
