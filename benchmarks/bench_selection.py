@@ -91,9 +91,10 @@ def main(argv=None):
             print(f"d={dim} SELECTION_DIM={selection_dim}: projection {projection_s:.1f} s, "
                   + ", ".join(f"{s} {t:.1f} s ({row['agreement'][s]:.2f})" for s, t in row["seconds"].items())
                   + f"; one seed {row['total_s']:.1f} s", flush=True)
-    if args.out:
-        write_text(args.out, json.dumps({"pool": args.pool, "seed": args.seed, "ns": cfg.SAMPLING_NS,
-                                         "torch_threads": torch.get_num_threads(), "results": results}, indent=1))
+            if args.out:  # after every row: a long run that is stopped keeps what it measured
+                write_text(args.out, json.dumps({"pool": args.pool, "seed": args.seed, "ns": cfg.SAMPLING_NS,
+                                                 "torch_threads": torch.get_num_threads(), "results": results},
+                                                indent=1))
 
 
 if __name__ == "__main__":
