@@ -94,6 +94,8 @@ TYPICLUST_K = 20  # neighbours of TypiClust's typicality (Hacohen et al. 2022), 
 TYPICLUST_MIN_CLUSTER_SIZE = 5  # TypiClust skips clusters of this many molecules or fewer: outlier groups
 HERDING_WIDTH = 1.0  # herding's Gaussian kernel width, in median pairwise latent distances
 HERDING_SAMPLE = 10_000  # pool molecules whose kernel mean estimates the pool density for herding
+SELECTION_DIM = None  # int: select on this many leading principal components of the (standardized) latents,
+# many times faster on wide latents (docs/performance.md measures the cost in picks and MAE); None: all columns
 
 # --- heads of the experiment -------------------------------------------------------
 HEAD = ["mlp", "krr"]  # mlp: the ResidualMLP above; krr: kernel ridge regression; a name or a list
@@ -111,3 +113,4 @@ PRETRAINED_MIRROR_AVERAGE = False  # True: average each structure's embedding wi
 # no parity, so a mirror image moves its embedding by ~0.4% of its scale); exact E(3) invariance at twice the cost
 PRETRAINED_BATCH_SIZE = 4  # molecules per pass: a CPU is fastest when a batch stays in its cache; a GPU wants ~1000
 PRETRAINED_CHUNK_SIZE = 8192  # molecules per file written while exporting; --resume keeps finished ones
+PRETRAINED_WORKERS = None  # processes of one thread that embed chunks; None: one per CPU core, measured fastest

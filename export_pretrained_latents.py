@@ -8,12 +8,16 @@ own latent. A reference: how far a model that never saw a molecule gets.
     python export_pretrained_latents.py --out-dir runs/7net --resume      # after a kill
     python sampling_mlp_experiment.py --latents runs/7net/latents_qm9.npz --out-dir runs/7net/sampling
 
-The export writes its latents in chunks of PRETRAINED_CHUNK_SIZE molecules; --resume keeps the
-finished chunks. The chunks are removed once latents_qm9.npz is written.
+The export writes its latents in chunks of PRETRAINED_CHUNK_SIZE molecules, spread over PRETRAINED_WORKERS
+processes of one thread each (the same bits for any number); --resume keeps the finished chunks. The
+chunks are removed once latents_qm9.npz is written.
 """
 import argparse
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 import torch
@@ -22,7 +26,7 @@ from tqdm import tqdm
 import data
 import pretrained
 from cli import (add_run_arguments, check_new_run_dir, default_run_dir, overrides_from_args, resolve_config, run_cli,
-                 run_folder, run_info_name, saved_config, start_run)
+                 run_folder, run_info_name, saved_config, stale_temporaries, start_run)
 from data import load_structures
 from latents import latents_name, write_latents
 from utils import InputError, atomic_path, check_split_ratios, get_device, load_npz, train_val_test_split_indices
@@ -62,6 +66,7 @@ def check_config(cfg):
                          "for crystals is not built)")
     pretrained.check_model_settings(cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT)
     check_split_ratios(cfg.TRAIN_VAL_TEST_SPLIT)
+    return check_workers(cfg.PRETRAINED_WORKERS)
 
 
 def chunk_rows(num_molecules, cfg, device=None):
@@ -87,27 +92,83 @@ def read_chunk(path, rows, dim):
     return chunk
 
 
-def embed_chunks(embedder, structures, cfg, out_dir, logger):
-    """Embed every molecule chunk by chunk, skipping the chunks already on disk. Returns the number
-    of molecules embedded now and the seconds it took."""
+def embed_chunk(embedder, structures, rows, cfg):
+    """Embedding (m, dim) and energy (m,) of the molecules `rows` (m,), PRETRAINED_BATCH_SIZE per pass, as numpy."""
+    parts = [embedder(*structures.gather(batch)[:3], len(batch))  # molecules: no cell
+             for batch in structures.batches(rows, cfg.PRETRAINED_BATCH_SIZE, cfg.BATCH_MAX_ATOMS)]
+    return (torch.cat(column).cpu().numpy() for column in zip(*parts))
+
+
+def write_embedded_chunk(embedder, structures, cfg, out_dir, index):
+    rows = chunk_rows(structures.num_molecules, cfg, structures.z.device)[index]
+    write_chunk(chunk_path(out_dir, index), *embed_chunk(embedder, structures, rows, cfg))
+    return index
+
+
+def missing_chunks(out_dir, chunks, dim):
+    """Indices of the chunks not on disk yet. Every finished chunk is checked first, so a damaged one
+    stops the run before anything is embedded, and a killed write's temporary file is removed."""
+    for stale in stale_temporaries(out_dir / CHUNK_DIR):
+        stale.unlink()
+    finished = [k for k in range(len(chunks)) if chunk_path(out_dir, k).is_file()]
+    for k in finished:
+        read_chunk(chunk_path(out_dir, k), len(chunks[k]), dim)
+    return [k for k in range(len(chunks)) if k not in finished]
+
+
+_WORKER = {}  # in a worker process: the config, structures and embedder its chunks use
+
+
+def start_worker(cfg, device):
+    """A worker process: one torch thread, its own copy of the structures and the model."""
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    arrays, cfg, _ = load_structures(cfg)
+    device = get_device(str(device))
+    _WORKER.update(cfg=cfg, structures=data.Structures(arrays, cfg.ATOM_TYPES, device),
+                   embedder=pretrained.load_embedder(cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT, device,
+                                                     cfg.PRETRAINED_MIRROR_AVERAGE))
+
+
+def embed_in_worker(out_dir, index):
+    return write_embedded_chunk(_WORKER["embedder"], _WORKER["structures"], _WORKER["cfg"], out_dir, index)
+
+
+def chunks_in_workers(todo, cfg, device, out_dir, workers):
+    """Each chunk index of `todo`, as soon as one of `workers` processes has written it."""
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
+                             initargs=(cfg, device)) as pool:
+        for future in as_completed([pool.submit(embed_in_worker, out_dir, k) for k in todo]):
+            yield future.result()
+
+
+def embed_chunks(embedder, structures, cfg, out_dir, logger, workers=1):
+    """Embed every molecule chunk by chunk, skipping the chunks already on disk: here with one thread, or
+    in `workers` processes of one thread each. Either way each chunk is the same passes, so the same
+    bits. Returns the number of molecules embedded now and the seconds it took."""
     chunks = chunk_rows(structures.num_molecules, cfg, structures.z.device)
-    todo = [k for k in range(len(chunks)) if not chunk_path(out_dir, k).is_file()]
     (out_dir / CHUNK_DIR).mkdir(exist_ok=True)
+    todo = missing_chunks(out_dir, chunks, embedder.dim)
+    torch.set_num_threads(1)
+    written = (chunks_in_workers(todo, cfg, structures.z.device, out_dir, workers) if workers > 1 else
+               (write_embedded_chunk(embedder, structures, cfg, out_dir, k) for k in todo))
     embedded, start = 0, time.perf_counter()
     with tqdm(total=structures.num_molecules, initial=structures.num_molecules - sum(len(chunks[k]) for k in todo),
               unit="mol", desc="embedding", disable=None) as bar:
-        for k in todo:
-            parts = []
-            for rows in structures.batches(chunks[k], cfg.PRETRAINED_BATCH_SIZE, cfg.BATCH_MAX_ATOMS):
-                z, pos, batch, _ = structures.gather(rows)  # molecules: no cell
-                parts.append(embedder(z, pos, batch, len(rows)))
-                bar.update(len(rows))
-            embedding, energy = (torch.cat(column).cpu().numpy() for column in zip(*parts))
-            write_chunk(chunk_path(out_dir, k), embedding, energy)
+        for k in written:
             embedded += len(chunks[k])
+            bar.update(len(chunks[k]))
             logger.info("chunk %d of %d written; %d molecules in %.0f s so far", k + 1, len(chunks), embedded,
                         time.perf_counter() - start)
     return embedded, time.perf_counter() - start
+
+
+def check_workers(workers):
+    """PRETRAINED_WORKERS, None standing for one per core, checked against the cores this process may use."""
+    cores = len(os.sched_getaffinity(0))
+    if workers is not None and not 1 <= workers <= cores:
+        raise InputError(f"PRETRAINED_WORKERS={workers}: expected 1..{cores}, the CPU cores here (None: one per core)")
+    return cores if workers is None else workers
 
 
 def collect_chunks(out_dir, num_molecules, cfg, dim):
@@ -127,7 +188,7 @@ def main(argv=None):
     """Settings, data, model and elements are checked before the folder is made or touched."""
     args = parse_args(argv)
     cfg = config_from_args(args)
-    check_config(cfg)
+    workers = check_config(cfg)
     torch.set_flush_denormal(True)  # subnormal float32 arithmetic is many times slower on a CPU; zero is as good
     device = get_device(args.device)
     out_dir = args.out_dir or default_run_dir(cfg, "pretrained")
@@ -145,12 +206,12 @@ def main(argv=None):
     model = pretrained.describe(embedder, cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT)
     with run_folder(out_dir, resume=args.resume, resumable=[CHUNK_DIR]):
         logger = start_run(cfg, out_dir, "pretrained", "export.log", run_info_name(args.resume),
-                           latent_model=model, torch_threads=torch.get_num_threads())
+                           latent_model=model, workers=workers)
         logger.info("%d molecules on %s; %s", structures.num_molecules, device, json.dumps(model))
-        embedded, seconds = embed_chunks(embedder, structures, cfg, out_dir, logger)
+        embedded, seconds = embed_chunks(embedder, structures, cfg, out_dir, logger, workers)
         if embedded:
-            logger.info("embedded %d molecules in %.1f s (%.1f mol/s, %d per batch, %d threads)", embedded, seconds,
-                        embedded / seconds, cfg.PRETRAINED_BATCH_SIZE, torch.get_num_threads())
+            logger.info("embedded %d molecules in %.1f s (%.1f mol/s, %d per batch, %d processes of one thread)",
+                        embedded, seconds, embedded / seconds, cfg.PRETRAINED_BATCH_SIZE, workers)
         latents, energy = collect_chunks(out_dir, structures.num_molecules, cfg, embedder.dim)
         source = f"{cfg.PRETRAINED_MODEL} frozen embedding ({cfg.PRETRAINED_READOUT} readout, {embedder.dim} dims)"
         path = out_dir / latents_name(cfg.DATASET)

@@ -435,6 +435,7 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_args(args)
     arrays = load_latents(args.latents)  # every input is checked before the run folder exists
+    selection.check_selection_dim(cfg.SELECTION_DIM, arrays["z_all"].shape[1])
     if args.select is not None:
         labelled = check_selection_request(args, cfg, arrays)
         seed = SELECT_SEED if args.seed is None else args.seed

@@ -332,7 +332,24 @@ def standardized_latents(z, pool_rows):
     return standardize(z, pool_rows, min_std=std_floor(z[pool_rows].std(dim=0)))[0]
 
 
+def check_selection_dim(dim, width):
+    if dim is not None and not 1 <= dim <= width:
+        raise InputError(f"SELECTION_DIM={dim}: expected None or 1..{width}, the width of the latents")
+
+
+def principal_components(z, dim):
+    """The rows of z (n, d), centred and projected onto their `dim` leading principal components:
+    (n, dim). Distances then keep the directions of largest variance; the sign of a component
+    does not change any distance."""
+    centred = z - z.mean(dim=0)
+    _, vectors = torch.linalg.eigh(centred.double().T @ centred.double())  # eigenvalues ascending
+    return centred @ vectors[:, -dim:].flip(1).to(z.dtype)
+
+
 def selection_latents(arrays, cfg, device):
-    """The pool latents (n, d) that every strategy measures, standardized per KCENTER_STANDARDIZE."""
+    """The pool latents (n, d or SELECTION_DIM) that every strategy measures: standardized per
+    KCENTER_STANDARDIZE, then projected onto SELECTION_DIM principal components (None: all columns)."""
     z_pool = torch.as_tensor(arrays["z_all"][arrays["idx_train"]], dtype=torch.float32, device=device)
-    return standardized_latents(z_pool, slice(None)) if cfg.KCENTER_STANDARDIZE else z_pool
+    check_selection_dim(cfg.SELECTION_DIM, z_pool.shape[1])
+    z = standardized_latents(z_pool, slice(None)) if cfg.KCENTER_STANDARDIZE else z_pool
+    return z if cfg.SELECTION_DIM is None else principal_components(z, cfg.SELECTION_DIM)

@@ -35,13 +35,14 @@ SAMPLING_RUN = {"MLP_HIDDEN_DIM": 48, "MLP_LAYERS": 1, "MLP_LR": 3e-3, "MLP_EPOC
 SELECTION = {"KMEANS_ITERATIONS": 1, "TYPICLUST_K": 2, "TYPICLUST_MIN_CLUSTER_SIZE": 40, "HERDING_WIDTH": 0.3,
              "HERDING_SAMPLE": 50}  # each changes the picks of the strategy that uses it
 PRETRAINED = {"PRETRAINED_MODEL", "PRETRAINED_READOUT", "PRETRAINED_MIRROR_AVERAGE", "PRETRAINED_BATCH_SIZE",
-              "PRETRAINED_CHUNK_SIZE"}  # test_pretrained
+              "PRETRAINED_CHUNK_SIZE", "PRETRAINED_WORKERS"}  # test_pretrained
 DATASETS = {"DATASET", "TARGET", "TARGET_UNIT", "ASE_FORMAT"}  # tests/test_coremof.py, tests/test_structure_file.py
 OBJECTIVES = {"LATENT_POOLING", "MASK_WEIGHT", "MASK_FRACTION", "ATOM_TARGET_WEIGHT", "ATOM_DESCRIPTOR",
               "ATOM_DESCRIPTOR_CUTOFF", "SOAP_N_MAX", "SOAP_L_MAX"}  # tests/test_objectives.py
-ELSEWHERE = PRETRAINED | DATASETS | OBJECTIVES | {"DATA_ROOT", "OUTPUT_DIR", "EVAL_BATCH_SIZE", "ENC_LR_FACTOR", "ENC_LR_PATIENCE",
-                                     "MLP_VAL_SIZE", "ENC_COMPILE", "DIST_TIMEOUT_S", "DENOISE_SIGMA"}
-# DIST_TIMEOUT_S: tests/test_distributed.py
+ELSEWHERE = PRETRAINED | DATASETS | OBJECTIVES | {"DATA_ROOT", "OUTPUT_DIR", "EVAL_BATCH_SIZE", "ENC_LR_FACTOR",
+                                                  "ENC_LR_PATIENCE", "MLP_VAL_SIZE", "ENC_COMPILE", "DIST_TIMEOUT_S",
+                                                  "DENOISE_SIGMA", "SELECTION_DIM"}
+# DIST_TIMEOUT_S: tests/test_distributed.py; SELECTION_DIM: tests/test_selection.py
 
 
 def test_every_constant_has_a_behaviour_test():

@@ -160,6 +160,8 @@ def test_a_missing_package_names_what_to_install(monkeypatch):
 @pytest.mark.parametrize("flags, expected", [
     (["--model", "mace-off"], "PRETRAINED_MODEL='mace-off': unknown model; expected one of"),
     (["--set", "PRETRAINED_READOUT=first"], "PRETRAINED_READOUT='first': expected one of"),
+    (["--set", "PRETRAINED_WORKERS=99"], "PRETRAINED_WORKERS=99: expected 1.."),
+    (["--set", "PRETRAINED_WORKERS=0"], "PRETRAINED_WORKERS=0: expected a positive number"),
 ])
 def test_bad_settings_are_one_line_errors(capsys, tmp_path, flags, expected):
     message = expect_input_error(capsys, export.main, [*flags, "--out-dir", str(tmp_path / "out")])
@@ -169,7 +171,8 @@ def test_bad_settings_are_one_line_errors(capsys, tmp_path, flags, expected):
 
 def run_export(qm9_root, out_dir, *extra):
     export.main(["--data-root", str(qm9_root), "--max-molecules", "40", "--batch-size", "3",
-                 "--set", "PRETRAINED_CHUNK_SIZE=16", "--out-dir", str(out_dir), *extra])
+                 "--set", "PRETRAINED_CHUNK_SIZE=16", "--set", "PRETRAINED_WORKERS=1", "--out-dir", str(out_dir),
+                 *extra])
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +227,7 @@ def test_batch_and_chunk_sizes_set_the_passes_and_the_files(qm9_arrays, tmp_path
     def fake_embedder(z, pos, batch, count):
         passes.append(count)
         return torch.zeros(count, 2), torch.zeros(count, dtype=torch.float64)
+    fake_embedder.dim = 2
 
     cfg = SimpleNamespace(PRETRAINED_BATCH_SIZE=3, PRETRAINED_CHUNK_SIZE=16, BATCH_MAX_ATOMS=8192)
     export.embed_chunks(fake_embedder, structures, cfg, tmp_path, quiet_logger("test"))
@@ -301,3 +305,59 @@ def test_mirror_averaging_covers_crystals(crystals):
     before, _ = averaged(z, pos, batch, count, cell)
     after, _ = averaged(z, (pos.double() @ mirror.T).float(), batch, count, (cell.double() @ mirror.T).float())
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def killed_after_the_first_chunk(qm9_root, out_dir, monkeypatch):
+    """An export of three chunks killed after writing the first."""
+    real_write = export.write_chunk
+
+    def write_then_die(path, *arrays):
+        if path.name != "chunk_00000.npz":
+            raise KeyboardInterrupt
+        real_write(path, *arrays)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "write_chunk", write_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run_export(qm9_root, out_dir)
+
+
+def assert_same_latents(folder, exported):
+    resumed, whole = (np.load(path / "latents_qm9.npz") for path in (folder, exported))
+    for key in ("z_all", "model_energy_ev", "y_all", "idx_test"):
+        np.testing.assert_array_equal(resumed[key], whole[key])
+
+
+def test_two_workers_write_the_same_bits_as_one(exported, qm9_root, tmp_path):
+    run_export(qm9_root, tmp_path / "run", "--set", "PRETRAINED_WORKERS=2")
+    assert_same_latents(tmp_path / "run", exported)
+    assert "2 processes of one thread" in (tmp_path / "run" / "export.log").read_text()
+
+
+def test_a_resume_in_two_workers_redoes_only_the_missing_chunks(exported, qm9_root, tmp_path, monkeypatch):
+    killed_after_the_first_chunk(qm9_root, tmp_path / "run", monkeypatch)
+    saved = tmp_path / "run" / "config.json"
+    saved.write_text(saved.read_text().replace('"PRETRAINED_WORKERS": 1', '"PRETRAINED_WORKERS": 2'))
+    export.main(["--out-dir", str(tmp_path / "run"), "--resume"])
+    log = (tmp_path / "run" / "export.log").read_text()
+    assert [log.count(f"chunk {k} of 3 written") for k in (1, 2, 3)] == [1, 1, 1]
+    assert "2 processes of one thread" in log
+    assert_same_latents(tmp_path / "run", exported)
+
+
+def test_a_write_killed_midway_leaves_a_temporary_that_resume_removes(exported, qm9_root, tmp_path, monkeypatch):
+    killed_after_the_first_chunk(qm9_root, tmp_path / "run", monkeypatch)
+    (tmp_path / "run" / export.CHUNK_DIR / ".chunk_00001.npz.4242.tmp").write_bytes(b"half a chunk")
+    export.main(["--out-dir", str(tmp_path / "run"), "--resume"])
+    assert not (tmp_path / "run" / export.CHUNK_DIR).exists()
+    assert_same_latents(tmp_path / "run", exported)
+
+
+def test_a_truncated_chunk_stops_the_resume_before_any_embedding(capsys, qm9_root, tmp_path, monkeypatch):
+    killed_after_the_first_chunk(qm9_root, tmp_path / "run", monkeypatch)
+    chunk = tmp_path / "run" / export.CHUNK_DIR / "chunk_00000.npz"
+    chunk.write_bytes(chunk.read_bytes()[:1000])
+    embedded = []
+    monkeypatch.setattr(export, "write_chunk", lambda path, *arrays: embedded.append(path))
+    message = expect_input_error(capsys, export.main, ["--out-dir", str(tmp_path / "run"), "--resume"])
+    assert "chunk_00000.npz" in message and embedded == []

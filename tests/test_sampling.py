@@ -355,6 +355,9 @@ def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
      "--heads --ns --mlp-lr: not used by --select"),
     ({}, ["--ns", "10", "--budget", "5"], "--budget: used only with --select"),
     ({}, ["--ns", "10", "--labelled", "done.txt", "--seed", "3"], "--labelled --seed: used only with --select"),
+    ({}, ["--set", "SELECTION_DIM=17"], "SELECTION_DIM=17: expected None or 1..16, the width of the latents"),
+    ({}, ["--select", "kmeans", "--budget", "5", "--set", "SELECTION_DIM=0"],
+     "SELECTION_DIM=0: expected a positive number"),
 ])
 def test_bad_input_exits_with_one_line_before_any_output(capsys, tmp_path, replace, argv, message):
     npz = write_synthetic_latents(tmp_path / "latents.npz", **replace)

@@ -205,3 +205,36 @@ def test_random_with_a_warm_start_is_the_seeded_order_without_the_labelled_rows(
     order = torch.randperm(63, generator=torch.Generator().manual_seed(2)).tolist()
     picks = selection.random_selection(pool, 10, seed=2, already_selected=[order[0], order[3]])
     assert picks.tolist() == [r for r in order if r not in (order[0], order[3])][:10]
+
+
+# --- selection on principal components ---------------------------------------------------
+
+def latents_arrays(z):
+    return {"z_all": z.numpy(), "idx_train": np.arange(len(z))}
+
+
+def test_all_principal_components_keep_every_distance():
+    z = torch.randn(50, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    projected = selection.principal_components(z, 6)
+    exact = "donot_use_mm_for_euclid_dist"
+    assert torch.allclose(torch.cdist(projected, projected, compute_mode=exact), torch.cdist(z, z, compute_mode=exact))
+    assert projected.var(dim=0).diff().le(0).all()  # leading components first
+
+
+def test_selection_dim_projects_the_pool_and_changes_the_picks():
+    """A pool spread widely along x and y, whose outliers lie along a narrow z: on the two leading
+    components k-center never sees them."""
+    generator = torch.Generator().manual_seed(1)
+    z = torch.cat([torch.randn(200, 3, generator=generator) * torch.tensor([20.0, 10.0, 0.01]),
+                   torch.tensor([[0.0, 0.0, 30.0], [0.0, 0.0, -30.0]])])
+    full = selection.selection_latents(latents_arrays(z), resolve_config({"KCENTER_STANDARDIZE": False}), "cpu")
+    cfg = resolve_config({"KCENTER_STANDARDIZE": False, "SELECTION_DIM": 2})
+    reduced = selection.selection_latents(latents_arrays(z), cfg, "cpu")
+    assert reduced.shape == (202, 2) and full.shape == (202, 3)
+    assert {200, 201} <= set(selection.kcenter_greedy(full, 10, seed=0).tolist())
+    assert not {200, 201} & set(selection.kcenter_greedy(reduced, 40, seed=0).tolist())
+
+
+def test_selection_dim_above_the_latent_width_is_an_input_error():
+    with pytest.raises(InputError, match="SELECTION_DIM=4: expected None or 1..3"):
+        selection.selection_latents(latents_arrays(torch.zeros(10, 3)), resolve_config({"SELECTION_DIM": 4}), "cpu")
