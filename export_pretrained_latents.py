@@ -1,7 +1,8 @@
-"""Latents of a pretrained interatomic potential (SevenNet-0 by default) for every QM9 molecule, in
-the latents_qm9.npz format of train_encoder_qm9.py: same SEED, split and HOMO labels, so
+"""Latents of a pretrained interatomic potential (SevenNet-0 by default) for every structure of DATASET
+(QM9 molecules by default, CoRE MOF crystals, or a structure file; crystals with their own cells), in
+the latents_<dataset>.npz format of train_encoder_qm9.py: same SEED, split and labels, so
 sampling_mlp_experiment.py runs on them unchanged and its seeds pair with a run on the package's
-own latent. A reference: how far a model that never saw a molecule gets.
+own latent. A reference: how far a model trained on other data gets.
 
     pip install -r requirements-pretrained.txt
     python export_pretrained_latents.py --model sevennet-0 --out-dir runs/7net
@@ -61,9 +62,6 @@ def config_from_args(args):
 
 def check_config(cfg):
     data.check_dataset_settings(cfg)
-    if cfg.DATASET != "qm9":
-        raise InputError(f"DATASET={cfg.DATASET!r}: this export embeds molecules; expected 'qm9' (the periodic path "
-                         "for crystals is not built)")
     pretrained.check_model_settings(cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT)
     check_split_ratios(cfg.TRAIN_VAL_TEST_SPLIT)
     return check_workers(cfg.PRETRAINED_WORKERS)
@@ -93,10 +91,17 @@ def read_chunk(path, rows, dim):
 
 
 def embed_chunk(embedder, structures, rows, cfg):
-    """Embedding (m, dim) and energy (m,) of the molecules `rows` (m,), PRETRAINED_BATCH_SIZE per pass, as numpy."""
-    parts = [embedder(*structures.gather(batch)[:3], len(batch))  # molecules: no cell
+    """Embedding (m, dim) and energy (m,) of the structures `rows` (m,), PRETRAINED_BATCH_SIZE per pass, as
+    numpy; crystals with their cells."""
+    parts = [embed_batch(embedder, structures, batch)
              for batch in structures.batches(rows, cfg.PRETRAINED_BATCH_SIZE, cfg.BATCH_MAX_ATOMS)]
     return (torch.cat(column).cpu().numpy() for column in zip(*parts))
+
+
+def embed_batch(embedder, structures, rows):
+    """One pass of the embedder over the structures `rows` (cell None for molecules)."""
+    z, pos, batch, cell = structures.gather(rows)
+    return embedder(z, pos, batch, len(rows), cell)
 
 
 def write_embedded_chunk(embedder, structures, cfg, out_dir, index):
@@ -207,7 +212,7 @@ def main(argv=None):
     with run_folder(out_dir, resume=args.resume, resumable=[CHUNK_DIR]):
         logger = start_run(cfg, out_dir, "pretrained", "export.log", run_info_name(args.resume),
                            latent_model=model, workers=workers)
-        logger.info("%d molecules on %s; %s", structures.num_molecules, device, json.dumps(model))
+        logger.info("%d structures on %s; %s", structures.num_molecules, device, json.dumps(model))
         embedded, seconds = embed_chunks(embedder, structures, cfg, out_dir, logger, workers)
         if embedded:
             logger.info("embedded %d molecules in %.1f s (%.1f mol/s, %d per batch, %d processes of one thread)",

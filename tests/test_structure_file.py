@@ -288,3 +288,24 @@ def test_built_in_datasets_refuse_the_file_settings(capsys, tmp_path):
     for setting in ("TARGET_UNIT=eV", "ASE_FORMAT=extxyz"):
         message = expect_input_error(capsys, run_train, ["--set", setting, "--out-dir", tmp_path / "run"])
         assert f"{setting.split('=')[0]}=" in message and "only for a structure file" in message
+
+
+def test_the_pretrained_export_embeds_crystals_with_their_cells(tmp_path):
+    pytest.importorskip("sevenn", reason="optional: pip install -r requirements-pretrained.txt")
+    import export_pretrained_latents as export
+    import pretrained
+    frames = structures("crystals", count=30)
+    path = tmp_path / "crystals.extxyz"
+    ase.io.write(path, frames)
+    export.main(["--data-root", str(tmp_path / "data"), "--batch-size", "5", "--set", f"DATASET={path}",
+                 "--set", "TARGET=density", "--set", "PRETRAINED_WORKERS=1", "--out-dir", str(tmp_path / "7net")])
+    written = load_latents(tmp_path / "7net" / "latents_crystals.npz")
+    np.testing.assert_allclose(written["y_all"], [atoms.info["density"] for atoms in frames])
+    embedder = pretrained.load_embedder("sevennet-0", "all", "cpu")
+    for position in (0, 7):
+        atoms = frames[position].repeat((2, 1, 1))  # a supercell embeds as its cell
+        alone, _ = embedder(torch.as_tensor(atoms.numbers), torch.as_tensor(atoms.positions, dtype=torch.float32),
+                            torch.zeros(len(atoms), dtype=torch.long), 1,
+                            torch.as_tensor(atoms.cell.array, dtype=torch.float32)[None])
+        row = int(np.flatnonzero(written["structure_index"] == position)[0])
+        np.testing.assert_allclose(written["z_all"][row], alone[0].numpy(), rtol=1e-4, atol=1e-5)
