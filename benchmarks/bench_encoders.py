@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package modules live in the repo root
 
-import training  # noqa: E402
-from cli import resolve_config, run_cli  # noqa: E402
-from utils import get_device, set_seed, write_text  # noqa: E402
+from bench_objectives import variant_epoch  # noqa: E402
+from cli import run_cli  # noqa: E402
+from utils import get_device, write_text  # noqa: E402
 
 SIZES = {"default": {"ENC_HIDDEN_IRREPS": "16x0e + 16x1o", "ENC_NUM_LAYERS": 3},
          "medium": {"ENC_HIDDEN_IRREPS": "32x0e + 16x1o + 8x2e", "ENC_NUM_LAYERS": 4},
@@ -40,22 +40,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def size_epoch(overrides, args, device):
-    """A function that trains one epoch of this encoder on the subset; its molecule count."""
-    cfg = resolve_config({**overrides, "MAX_STRUCTURES": args.molecules or None,
-                          **({"DATA_ROOT": args.data_root} if args.data_root else {})})
-    prepared = training.prepare_data(cfg, device)
-    cfg = prepared.cfg
-    set_seed(cfg.SEED)
-    hparams = (training.encoder_hparams(cfg, avg_num_neighbors=15.0),
-               training.decoder_hparams(cfg, prepared.targets.shape[1]))
-    model, optimizer, _, _, _ = training.build_models(cfg, *hparams, device, checkpoint=None)
-    rows = torch.as_tensor(prepared.split[0], device=device)
-    noise = training.position_noise(prepared.structures, cfg, training.TRAIN_NOISE)
-    return lambda: training.train_epoch(model, optimizer, prepared.structures, prepared.targets, rows, cfg, noise), \
-        len(rows)
-
-
 def timed(epoch, device):
     start = time.perf_counter()
     epoch()
@@ -69,7 +53,7 @@ def main(argv=None):
     device = get_device(args.device)
     torch.set_flush_denormal(True)  # as the training script does
     compiled = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    epochs = {(name, flag): size_epoch({**SIZES[name], "ENC_COMPILE": flag}, args, device)
+    epochs = {(name, flag): variant_epoch({**SIZES[name], "ENC_COMPILE": flag}, args, device)
               for name in args.sizes for flag in compiled}
     first = {key: timed(epoch, device) for key, (epoch, _) in epochs.items() if key[1]}  # compiling
     seconds = {key: [] for key in epochs}

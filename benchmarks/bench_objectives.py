@@ -35,8 +35,9 @@ def parse_args(argv=None):
 
 
 def variant_epoch(overrides, args, device):
-    """A function that trains one epoch of this variant's models on the subset; its molecule count."""
-    cfg = resolve_config({**overrides, "MAX_STRUCTURES": args.molecules,
+    """A function that trains one epoch of this variant's models on the subset (--molecules 0: every
+    molecule); its molecule count."""
+    cfg = resolve_config({**overrides, "MAX_STRUCTURES": args.molecules or None,
                           **({"DATA_ROOT": args.data_root} if args.data_root else {})})
     prepared = training.prepare_data(cfg, device)
     cfg = prepared.cfg

@@ -13,6 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import pytest
 import torch
+from e3nn import o3
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -120,3 +121,16 @@ def write_synthetic_latents(path, n=600, dim=16, seed=0, **replace):
     arrays.update(replace)
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
     return path
+
+
+def random_motions(seed, count=3):
+    """(rotation, shift) pairs in float64; the last rotation is improper (a reflection)."""
+    generator = torch.Generator().manual_seed(seed)
+    for trial in range(count):
+        rotation = o3.rand_matrix(dtype=torch.float64)
+        yield (-rotation if trial == count - 1 else rotation), torch.randn(3, generator=generator,
+                                                                              dtype=torch.float64) * 5
+
+
+def relative_error(a, b):
+    return float(((a - b).norm() / b.norm()).detach())

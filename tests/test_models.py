@@ -1,9 +1,8 @@
 """Symmetry, graph construction and the property head."""
 import pytest
 import torch
-from e3nn import o3
 
-from conftest import random_molecules
+from conftest import random_molecules, random_motions, relative_error
 from graphs import radius_graph
 from models import EquivDecoder, EquivGNNEncoder, ResidualMLP, VectorHead
 from utils import InputError
@@ -21,19 +20,6 @@ def make_encoder(hidden_irreps="16x0e + 16x1o", num_layers=3, seed=0, **options)
 @pytest.fixture(scope="module")
 def molecules():
     return random_molecules([7, 12, 3, 9], torch.Generator().manual_seed(1))
-
-
-def relative_error(a, b):
-    return float(((a - b).norm() / b.norm()).detach())
-
-
-def random_motions(seed, count=3):
-    """(rotation, shift) pairs in float64; the last rotation is improper (a reflection)."""
-    generator = torch.Generator().manual_seed(seed)
-    for trial in range(count):
-        rotation = o3.rand_matrix(dtype=torch.float64)
-        yield (-rotation if trial == count - 1 else rotation), torch.randn(3, generator=generator,
-                                                                              dtype=torch.float64) * 5
 
 
 @pytest.mark.parametrize("hidden_irreps, num_layers, options", [

@@ -1,36 +1,22 @@
 """The pooling setting, masked atoms and per-atom targets: each changes behaviour, keeps the latent's
 symmetries (float64), and bad names stop a run with one line and no folder."""
+import atom_targets
 import numpy as np
 import pytest
 import torch
-from e3nn import o3
 
-import atom_targets
 import data
 import descriptors
 import train_encoder_qm9 as tr
 import training
 from cli import resolve_config
-from conftest import expect_input_error, random_molecules
+from conftest import expect_input_error, random_molecules, random_motions, relative_error
 from models import MASK_Z, EquivGNNEncoder, moments
 from utils import InputError
 
 QM9_TYPES = ("H", "C", "N", "O", "F")
 TYPES = ("H", "C", "O", "Zn")  # a crystal's: one metal, the rest organic
 SKEWED_CELL = [[4.0, 0, 0], [2.9, 3.5, 0], [-1.4, 1.1, 4.2]]
-
-
-def random_motions(seed, count=3):
-    """(rotation, shift) pairs in float64; the last rotation is improper (a reflection)."""
-    generator = torch.Generator().manual_seed(seed)
-    for trial in range(count):
-        rotation = o3.rand_matrix(dtype=torch.float64)
-        yield (-rotation if trial == count - 1 else rotation), torch.randn(3, generator=generator,
-                                                                              dtype=torch.float64) * 5
-
-
-def relative_error(a, b):
-    return float(((a - b).norm() / b.norm()).detach())
 
 
 def random_crystal(num_atoms, seed):
