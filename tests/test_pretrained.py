@@ -224,7 +224,8 @@ def test_batch_and_chunk_sizes_set_the_passes_and_the_files(qm9_arrays, tmp_path
     structures = data.Structures(data.seeded_subset(qm9_arrays, 40, 0), ("H", "C", "N", "O", "F"), "cpu")
     passes = []
 
-    def fake_embedder(z, pos, batch, count):
+    def fake_embedder(z, pos, batch, count, cell):
+        assert cell is None  # molecules
         passes.append(count)
         return torch.zeros(count, 2), torch.zeros(count, dtype=torch.float64)
     fake_embedder.dim = 2
