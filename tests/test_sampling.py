@@ -114,7 +114,7 @@ def test_label_efficiency_interpolates_in_log_log():
 
 QUICK = ["--ns", "10", "40", "150", "--seeds", "0", "1", "2", "--set", "MLP_EPOCHS=80", "--set", "MLP_PATIENCE=10",
          "--set", "MLP_HIDDEN_DIM=64"]
-STRATEGIES = selection.STRATEGIES
+STRATEGIES = resolve_config().SAMPLING_STRATEGIES  # the experiment's default strategies
 
 
 @pytest.fixture(scope="module")

@@ -238,3 +238,37 @@ def test_selection_dim_projects_the_pool_and_changes_the_picks():
 def test_selection_dim_above_the_latent_width_is_an_input_error():
     with pytest.raises(InputError, match="SELECTION_DIM=4: expected None or 1..3"):
         selection.selection_latents(latents_arrays(torch.zeros(10, 3)), resolve_config({"SELECTION_DIM": 4}), "cpu")
+
+
+# --- Gaussian-process posterior variance ---------------------------------------------------
+
+def dense_posterior_variance(kernel, observed, noise):
+    """1 - k_x^T (K_SS + noise I)^-1 k_x for every row, from the full kernel matrix (n, n), float64."""
+    rows = torch.tensor(observed)
+    gram = kernel[rows][:, rows] + noise * torch.eye(len(rows), dtype=torch.float64)
+    return 1.0 - (kernel[:, rows] * torch.linalg.solve(gram, kernel[rows]).T).sum(dim=1)
+
+
+def test_gp_variance_picks_the_largest_dense_posterior_variance():
+    z = torch.randn(150, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    picks, variances = selection.gp_variance(z, 30, seed=2, width=0.7, noise=0.05, already_selected=[5, 90])
+    width = 0.7 * selection.median_distance(z, torch.Generator().manual_seed(2))
+    kernel = torch.exp(-torch.cdist(z, z) ** 2 / (2 * width ** 2))
+    observed = [5, 90]
+    for pick, variance in zip(picks.tolist(), variances.tolist()):
+        dense = dense_posterior_variance(kernel, observed, 0.05)
+        assert variance == pytest.approx(float(dense[pick]), abs=1e-12)
+        dense[observed] = -1.0
+        assert pick == int(dense.argmax())
+        observed.append(pick)
+    assert variances.diff().le(1e-12).all()  # each observation only explains variance away
+
+
+def test_gp_variance_starts_at_the_seeded_row_and_breaks_ties_to_the_lowest_row():
+    z = torch.randn(200, 3, generator=torch.Generator().manual_seed(0))
+    for seed in range(3):
+        first = int(torch.randint(200, (), generator=torch.Generator().manual_seed(seed)))
+        picks, variances = selection.gp_variance(z, 2, seed, width=1.0, noise=0.01)
+        assert int(picks[0]) == first and float(variances[0]) == 1.0  # the prior variance, the same everywhere
+    line = torch.tensor([[0.0], [-1.0], [1.0], [-1.0]])  # rows 1, 2 and 3 equally far from the labelled row 0
+    assert selection.gp_variance(line, 2, seed=0, width=1.0, noise=0.01, already_selected=[0])[0].tolist() == [1, 2]
