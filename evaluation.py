@@ -5,8 +5,8 @@ import pandas as pd
 import torch
 from scipy import stats
 
+import adaptive
 from heads import HEADS, TUNINGS
-from selection import STRATEGIES
 from utils import InputError
 
 
@@ -168,8 +168,9 @@ def check_names(kind, names, known):
 
 
 def check_plan(cfg, pool_size):
-    """Strategies, heads, seeds and budgets that the pool can serve; budgets sorted ascending."""
-    check_names("strategies", cfg.SAMPLING_STRATEGIES, STRATEGIES)
+    """Strategies, heads, seeds and budgets that the pool can serve, and the rounds of adaptive if it runs;
+    budgets sorted ascending."""
+    check_names("strategies", cfg.SAMPLING_STRATEGIES, adaptive.STRATEGIES)
     check_names("heads", cfg.HEAD, HEADS)
     if not cfg.SAMPLING_SEEDS or len(set(cfg.SAMPLING_SEEDS)) != len(cfg.SAMPLING_SEEDS):
         raise InputError(f"seeds {cfg.SAMPLING_SEEDS}: expected one or more distinct integers")
@@ -179,7 +180,10 @@ def check_plan(cfg, pool_size):
     if bad:
         raise InputError(f"label budgets {bad}: each N must be in 2..{pool_size}, the size of the training pool")
     check_tuning(cfg)
-    return sorted(set(cfg.SAMPLING_NS))
+    ns = sorted(set(cfg.SAMPLING_NS))
+    if adaptive.NAME in cfg.SAMPLING_STRATEGIES:
+        adaptive.check_rounds(cfg.ADAPTIVE_ROUNDS, ns)
+    return ns
 
 
 def check_tuning(cfg):

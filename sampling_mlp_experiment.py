@@ -1,6 +1,7 @@
-"""Which structures to label? Label-free selection strategies on the encoder latents against random choice.
+"""Which structures to label? Selection strategies on the encoder latents against random choice.
 
-For every seed and strategy (selection.py), structures are picked from the training pool of a latents
+For every seed and strategy (selection.py, label-free; adaptive.py, in rounds that read the labels of
+the rounds before), structures are picked from the training pool of a latents
 file (latents_qm9.npz, latents_coremof.npz) at every budget N (nested strategies: the first N picks
 of one run to the largest N). Their labels (the property the npz names, HOMO in eV for QM9) fit
 fresh heads: a ResidualMLP and kernel ridge regression. By default (HEAD_TUNING="labels") each head
@@ -28,6 +29,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+import adaptive
 import selection
 from cli import (add_run_arguments, check_new_run_dir, check_seed, default_run_dir, overrides_from_args, resolve_config,
                  run_cli, run_folder, start_run)
@@ -35,7 +37,7 @@ from evaluation import check_names, check_plan, mae, regression_metrics, summari
 from heads import FIT_HEADS, HEADS, budget_inputs, check_kernel_width
 from latents import load_latents
 from plots import label_budgets, write_plots
-from selection import STRATEGIES, selection_latents, standardized_latents
+from selection import selection_latents, standardized_latents
 from utils import InputError, atomic_path, get_device, write_csv
 
 RESULT_FILES = {"random": "results_random.csv", "kcenter": "results_latent.csv"}  # the others: results_<name>.csv
@@ -46,7 +48,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latents", type=Path, required=True,
                         help="latents_<dataset>.npz from train_encoder_qm9.py or export_pretrained_latents.py")
-    parser.add_argument("--strategies", nargs="+", help=f"override SAMPLING_STRATEGIES, from {STRATEGIES}")
+    parser.add_argument("--strategies", nargs="+", help=f"override SAMPLING_STRATEGIES, from {adaptive.STRATEGIES}")
     parser.add_argument("--heads", nargs="+", help=f"override HEAD, from {list(HEADS)}")
     parser.add_argument("--seeds", nargs="+", type=int, help="override SAMPLING_SEEDS")
     parser.add_argument("--ns", nargs="+", type=int, help="override SAMPLING_NS, the label budgets")
@@ -58,7 +60,8 @@ def parse_args(argv=None):
                         help="summary.csv of other runs (another latent, a classical model), drawn dashed in the "
                              "curves; LABEL names each in the legend, by default its folder's name")
     chooser = parser.add_argument_group("selection only (no heads)")
-    chooser.add_argument("--select", metavar="STRATEGY", help=f"only pick molecules to label, with one of {STRATEGIES}")
+    chooser.add_argument("--select", metavar="STRATEGY",
+                         help=f"only pick molecules to label, with one of {adaptive.STRATEGIES}")
     chooser.add_argument("--budget", type=int, help="how many molecules --select picks")
     chooser.add_argument("--labelled", type=Path,
                          help="structures labelled already: a text file of structure index values (QM9 Index), "
@@ -220,20 +223,32 @@ def read_labelled(path, arrays):
 # --- selection ---------------------------------------------------------------------
 
 
-def select_all(selector, plan, ns, pool_rows, out_dir, logger):
+def nested_order(selector, y_pool, strategy, n, seed, logger):
+    """The first n picks (n,) of a nested strategy; adaptive (whose rounds sum to n) reads the pool labels
+    y_pool (n_pool,) and logs the kernel that each round after the first chose."""
+    if strategy != adaptive.NAME:
+        return selector(strategy, n, seed)
+    order, _, fits = adaptive.adaptive_selection(selector.z, y_pool, seed, selector.cfg)
+    logger.info("adaptive seed %d: kernel width (median distances) / noise chosen by leave-one-out for each round "
+                "after the first: %s", seed, ", ".join(f"{fit['width']:g}/{fit['ridge']:g}" for fit in fits))
+    return order
+
+
+def select_all(selector, y_pool, plan, ns, pool_rows, out_dir, logger):
     """Picks {(strategy, seed, N): pool rows (N,)} for every budget: one run to the largest N for a
-    nested strategy, one per N otherwise. The picks of the largest N are also saved as npz rows."""
+    nested strategy, one per N otherwise; adaptive reads the pool labels y_pool (n,) of the rows of its
+    earlier rounds. The picks of the largest N are also saved as npz rows."""
     selections = {}
     for strategy, seed in plan:
         start = time.perf_counter()
-        if selection.NESTED[strategy]:
-            order = selector(strategy, ns[-1], seed)
+        if adaptive.NESTED[strategy]:
+            order = nested_order(selector, y_pool, strategy, ns[-1], seed, logger)
             selections.update({(strategy, seed, n): order[:n] for n in ns})
         else:
             selections.update({(strategy, seed, n): selector(strategy, n, seed) for n in ns})
         with atomic_path(out_dir / f"selected_{strategy}_seed{seed}.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, pool_rows[selections[strategy, seed, ns[-1]].cpu().numpy()])
-        logger.info("selected %s with %s, seed %d, in %.2f s", ns if not selection.NESTED[strategy] else ns[-1],
+        logger.info("selected %s with %s, seed %d, in %.2f s", ns if not adaptive.NESTED[strategy] else ns[-1],
                     strategy, seed, time.perf_counter() - start)
     return selections
 
@@ -334,7 +349,9 @@ def run_experiment(cfg, arrays, ns, out_dir, device, logger, reference=None):
                 "target %s (%s)", len(arrays["z_all"]), z_select.shape[1], latent_source(arrays), len(y_pool),
                 len(inputs["val"][1]), len(y_test), ns, cfg.HEAD, cfg.HEAD_TUNING, target, unit)
     plan = [(strategy, seed) for strategy in cfg.SAMPLING_STRATEGIES for seed in cfg.SAMPLING_SEEDS]
-    selections = select_all(selection.Selector(z_select, cfg), plan, ns, arrays["idx_train"], out_dir, logger)
+    y_labels = torch.as_tensor(arrays["y_all"][arrays["idx_train"]], device=device)  # float64, for adaptive
+    selections = select_all(selection.Selector(z_select, cfg), y_labels, plan, ns, arrays["idx_train"], out_dir,
+                            logger)
     check_label_spread(selections, inputs, cfg)
     logger.info("stage selection: %.1f s", time.perf_counter() - clock)
     mean_predictor_mae = mae(y_test, torch.full_like(y_test, float(y_pool.mean())))
@@ -368,7 +385,7 @@ def run_experiment(cfg, arrays, ns, out_dir, device, logger, reference=None):
 
 def check_selection_request(args, cfg, arrays):
     """The strategy, budget and warm-start pool rows of a --select run, before any output exists."""
-    check_names("strategy", [args.select], STRATEGIES)
+    check_names("strategy", [args.select], adaptive.STRATEGIES)
     if "structure_index" not in arrays:
         raise InputError("the latents npz has no structure_index, which --select needs to name the structures")
     if str(args.labelled) == FROM_LATENTS:

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
+import adaptive
 import cli
 import descriptors
 import latents
@@ -34,6 +35,7 @@ SAMPLING_RUN = {"MLP_HIDDEN_DIM": 48, "MLP_LAYERS": 1, "MLP_LR": 3e-3, "MLP_EPOC
                 "KRR_WIDTHS": [3.0], "KRR_RIDGES": [0.5], "HEAD_TUNING": "validation", "HEAD_CV_FOLDS": 2}
 SELECTION = {"KMEANS_ITERATIONS": 1, "TYPICLUST_K": 2, "TYPICLUST_MIN_CLUSTER_SIZE": 40, "HERDING_WIDTH": 0.3,
              "HERDING_SAMPLE": 50, "GP_WIDTH": 0.2, "GP_NOISE": 1.0}  # each changes the picks of the strategy using it
+ADAPTIVE = {"ADAPTIVE_ROUNDS": [8, 30]}  # the picks after the first round
 PRETRAINED = {"PRETRAINED_MODEL", "PRETRAINED_READOUT", "PRETRAINED_MIRROR_AVERAGE", "PRETRAINED_BATCH_SIZE",
               "PRETRAINED_CHUNK_SIZE", "PRETRAINED_WORKERS"}  # test_pretrained
 DATASETS = {"DATASET", "TARGET", "TARGET_UNIT", "ASE_FORMAT"}  # tests/test_coremof.py, tests/test_structure_file.py
@@ -47,7 +49,8 @@ ELSEWHERE = PRETRAINED | DATASETS | OBJECTIVES | {"DATA_ROOT", "OUTPUT_DIR", "EV
 
 def test_every_constant_has_a_behaviour_test():
     """ATOM_TYPES: here a list of six elements against QM9's five; tests/test_data.py: None against a list."""
-    changed = {**ENCODER_MODEL, **DESCRIPTORS, **ANGLE_DESCRIPTORS, **ENCODER_RUN, **SAMPLING_RUN, **SELECTION}
+    changed = {**ENCODER_MODEL, **DESCRIPTORS, **ANGLE_DESCRIPTORS, **ENCODER_RUN, **SAMPLING_RUN, **SELECTION,
+               **ADAPTIVE}
     assert set(changed) | ELSEWHERE == set(vars(default_config()))
     for name, value in changed.items():
         assert value != getattr(default_config(), name), name
@@ -204,3 +207,13 @@ def test_selection_settings_change_the_picks(name):
         select = selection.Selector(z, cfg)
         picks[len(picks)] = torch.cat([select(strategy, n, seed=1) for n in (8, 30)]).tolist()
     assert picks[0] != picks[1]
+
+
+def test_adaptive_rounds_change_the_picks():
+    """Rounds of 8 then 30 against 10 then 28 (the default's 1,000 picks need a larger pool): the first 8
+    picks agree, and the kernel refitted after them moves the later ones."""
+    z = torch.randn(400, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.sin(2 * z[:, 0]) + z[:, 1] ** 2
+    picks = [adaptive.adaptive_selection(z, y, 1, resolve_config(rounds))[0].tolist()
+             for rounds in ({"ADAPTIVE_ROUNDS": [10, 28]}, ADAPTIVE)]
+    assert picks[0][:8] == picks[1][:8] and picks[0] != picks[1]
