@@ -14,13 +14,15 @@ with paired, Holm-adjusted statistics per head, learning curves, parity and sele
     python sampling_mlp_experiment.py --latents runs/quick/latents_qm9.npz --out-dir runs/quick/sampling
 
 With --select, it trains nothing: it picks --budget structures to label next with one strategy, after
-the structures of --labelled (the dataset's structure index values), and writes to_label.csv.
+the structures of --labelled (the dataset's structure index values), and writes to_label.csv. With
+--select adaptive, one round: the labels of the --labelled structures choose the kernel.
 
     python sampling_mlp_experiment.py --latents runs/quick/latents_qm9.npz --select typiclust --budget 100
 """
 import argparse
 import csv
 import json
+import math
 import time
 from pathlib import Path
 
@@ -42,6 +44,7 @@ from utils import InputError, atomic_path, get_device, write_csv
 
 RESULT_FILES = {"random": "results_random.csv", "kcenter": "results_latent.csv"}  # the others: results_<name>.csv
 FROM_LATENTS = "from-latents"  # --labelled: the latents' own labels are the warm start
+LABEL_COLUMN = "label"  # the column of a --labelled CSV that holds the labels, for --select adaptive
 
 
 def parse_args(argv=None):
@@ -65,9 +68,12 @@ def parse_args(argv=None):
     chooser.add_argument("--budget", type=int, help="how many molecules --select picks")
     chooser.add_argument("--labelled", type=Path,
                          help="structures labelled already: a text file of structure index values (QM9 Index), "
-                              "one a line, or a CSV with a structure_index column (such as an earlier to_label.csv); "
-                              f"{FROM_LATENTS}: the pool structures that have a label in a structure file's latents")
-    chooser.add_argument("--seed", type=int, help=f"seed of the --select strategy (default {SELECT_SEED})")
+                              "one a line, or a CSV with a structure_index column (such as an earlier to_label.csv), "
+                              f"and for {adaptive.NAME} a column of their labels ({LABEL_COLUMN}, or named as the "
+                              f"latents' property); {FROM_LATENTS}: the pool structures that have a label in a "
+                              "structure file's latents")
+    chooser.add_argument("--seed", type=int, help=f"seed of the --select strategy (default {SELECT_SEED}; "
+                                                  f"{adaptive.NAME} has no random choice)")
     add_run_arguments(parser)
     return parser.parse_args(argv)
 
@@ -170,19 +176,27 @@ def parse_number(text):
     return None
 
 
-def labelled_values(path):
-    """The structure index values of a --labelled file: one a line, or a CSV whose header names a
-    structure_index (or, from older runs, qm9_index) column, such as to_label.csv. A UTF-8 byte-order
-    mark and integral floats (130745.0) are taken; a line without such a value is named."""
+def labelled_table(path):
+    """The header (cells, or None without one) and the non-blank lines [(line number, cells)] of a
+    --labelled file. A header is a first line whose first cell is no number; a UTF-8 byte-order mark
+    is taken."""
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: labelled-molecules file not readable ({err})") from None
     reader = csv.reader(text.splitlines())
     rows = [(reader.line_num, [cell.strip() for cell in row]) for row in reader if "".join(row).strip()]
+    header = rows.pop(0)[1] if rows and parse_number(rows[0][1][0]) is None else None
+    return header, rows
+
+
+def labelled_values(path):
+    """The structure index values of a --labelled file: one a line, or a CSV whose header names a
+    structure_index (or, from older runs, qm9_index) column, such as to_label.csv. Integral floats
+    (130745.0) are taken; a line without such a value is named."""
+    header, rows = labelled_table(path)
     column, name = 0, None
-    if rows and parse_number(rows[0][1][0]) is None:  # a header
-        header = rows.pop(0)[1]
+    if header is not None:
         found = [known for known in ("structure_index", "qm9_index") if known in header]  # to_label.csv, then older
         if not found:
             raise InputError(f"{path}: expected a structure_index column or one structure index value a line")
@@ -200,6 +214,27 @@ def labelled_values(path):
             raise InputError(f"{path}: line {line}: {row[column]!r} is not a structure index value (an integer)")
         values.append(int(value))
     return np.array(values, dtype=np.int64)
+
+
+def labelled_labels(path, target_name):
+    """The labels (L,) float64 of the structures of a --labelled CSV, in its order: its label column,
+    else the one named as the latents' property (target_name). Every line needs a finite number."""
+    header, rows = labelled_table(path)
+    found = [name for name in (LABEL_COLUMN, target_name) if name in (header or [])]
+    if not found:
+        raise InputError(f"{path}: --select {adaptive.NAME} needs the labels of the labelled structures, in a CSV "
+                         f"column named {LABEL_COLUMN} or {target_name}; found {header or 'no header'}")
+    name, column = found[0], header.index(found[0])
+    labels = []
+    for line, row in rows:
+        text = row[column] if column < len(row) else ""
+        if not text:
+            raise InputError(f"{path}: line {line} has no {name} value; expected a finite number")
+        value = parse_number(text)
+        if value is None or not math.isfinite(value):
+            raise InputError(f"{path}: line {line} has {name} {text!r}; expected a finite number")
+        labels.append(float(value))
+    return np.array(labels, dtype=np.float64)
 
 
 def read_labelled(path, arrays):
@@ -384,18 +419,32 @@ def run_experiment(cfg, arrays, ns, out_dir, device, logger, reference=None):
 # --- selection only ------------------------------------------------------------------
 
 def check_selection_request(args, cfg, arrays):
-    """The strategy, budget and warm-start pool rows of a --select run, before any output exists."""
+    """The strategy, budget and warm-start pool rows (L,) of a --select run, and for adaptive their labels
+    (L,) (None for the label-free strategies), before any output exists."""
     check_names("strategy", [args.select], adaptive.STRATEGIES)
     if "structure_index" not in arrays:
         raise InputError("the latents npz has no structure_index, which --select needs to name the structures")
+    with_labels = args.select == adaptive.NAME
+    if with_labels and args.seed is not None:
+        raise InputError(f"--seed: not used by --select {adaptive.NAME}, whose picks follow from the labels alone")
+    if with_labels and args.labelled is None:
+        raise InputError(f"--select {adaptive.NAME}: needs the labels of the structures labelled so far; give "
+                         f"--labelled FILE with a {LABEL_COLUMN} column, or --labelled {FROM_LATENTS}")
     if str(args.labelled) == FROM_LATENTS:
         labelled = labelled_in_latents(args.latents, arrays)
+        labels, source = arrays["y_all"][arrays["idx_train"][labelled]], args.latents
+    elif args.labelled:
+        labelled = read_labelled(args.labelled, arrays)
+        labels = labelled_labels(args.labelled, arrays["target_name"]) if with_labels else None
+        source = args.labelled
     else:
-        labelled = read_labelled(args.labelled, arrays) if args.labelled else np.zeros(0, dtype=np.int64)
+        labelled, labels = np.zeros(0, dtype=np.int64), None
+    if with_labels:
+        adaptive.check_labels(labels, source)
     free = len(arrays["idx_train"]) - len(labelled)
     if args.budget is None or not 1 <= args.budget <= free:
         raise InputError(f"--budget {args.budget}: expected 1..{free}, the pool molecules not labelled yet")
-    return labelled
+    return labelled, labels if with_labels else None
 
 
 def labelled_in_latents(path, arrays):
@@ -431,20 +480,39 @@ def describe_picks(z_pool, picks, labelled, logger):
                 float(percentile.quantile(0.9)), float(coverage.mean()), float(coverage.max()))
 
 
-def run_selection(args, cfg, arrays, labelled, seed, out_dir, device, logger):
-    """Pick --budget pool molecules with --select and `seed` after the `labelled` pool rows; write to_label.csv."""
+def scored_picks(strategy, z_pool, budget, seed, labelled, labels, cfg, logger):
+    """The picks (budget,) of `strategy` after the `labelled` pool rows (L,), and for gp_variance and adaptive
+    the posterior variance of each when it was picked (budget,), else None. adaptive fits its kernel to
+    the labels (L,) and logs it."""
+    if strategy == adaptive.NAME:
+        labelled = torch.as_tensor(labelled, device=z_pool.device)
+        picks, variance, fit = adaptive.labelled_round(z_pool, labelled, torch.as_tensor(labels, device=z_pool.device),
+                                                       budget, cfg, f"{len(labelled)} labelled structures")
+        logger.info("adaptive: kernel width %g median distances of the %d labelled structures, noise %g, chosen by "
+                    "their leave-one-out MAE %.4g (standardized labels)", fit["width"], len(labelled), fit["ridge"],
+                    fit["loo_mae"])
+        return picks, variance
+    if strategy == "gp_variance":
+        return selection.gp_variance(z_pool, budget, seed, cfg.GP_WIDTH, cfg.GP_NOISE, labelled)
+    return selection.Selector(z_pool, cfg)(strategy, budget, seed, labelled), None
+
+
+def run_selection(args, cfg, arrays, labelled, labels, seed, out_dir, device, logger):
+    """Pick --budget pool molecules with --select and `seed` after the `labelled` pool rows (adaptive: fitted
+    to their `labels`); write to_label.csv."""
     start = time.perf_counter()
     z_pool = selection_latents(arrays, cfg, device)
-    picks = selection.Selector(z_pool, cfg)(args.select, args.budget, seed, labelled)
-    logger.info("picked %d of %d pool molecules (%d labelled before) with %s, seed %d, in %.2f s", args.budget,
+    picks, score = scored_picks(args.select, z_pool, args.budget, seed, labelled, labels, cfg, logger)
+    logger.info("picked %d of %d pool molecules (%d labelled before) with %s, seed %s, in %.2f s", args.budget,
                 len(z_pool), len(labelled), args.select, seed, time.perf_counter() - start)
     describe_picks(z_pool, picks, labelled, logger)
     pool_rows = picks.cpu().numpy()
     npz_rows = arrays["idx_train"][pool_rows]
     names = {"structure_name": arrays["structure_name"][npz_rows]} if "structure_name" in arrays else {}
+    scores = {} if score is None else {"score": score.cpu().numpy()}
     write_csv(pd.DataFrame({"rank": np.arange(1, len(pool_rows) + 1),
                             "structure_index": arrays["structure_index"][npz_rows], **names,
-                            "pool_row": pool_rows, "npz_row": npz_rows}), out_dir / "to_label.csv")
+                            "pool_row": pool_rows, "npz_row": npz_rows, **scores}), out_dir / "to_label.csv")
     logger.info("wrote %s", out_dir / "to_label.csv")
 
 
@@ -454,8 +522,8 @@ def main(argv=None):
     arrays = load_latents(args.latents)  # every input is checked before the run folder exists
     selection.check_selection_dim(cfg.SELECTION_DIM, arrays["z_all"].shape[1])
     if args.select is not None:
-        labelled = check_selection_request(args, cfg, arrays)
-        seed = SELECT_SEED if args.seed is None else args.seed
+        labelled, labels = check_selection_request(args, cfg, arrays)
+        seed = None if args.select == adaptive.NAME else SELECT_SEED if args.seed is None else args.seed
         device = get_device(args.device)
         out_dir = args.out_dir or default_run_dir(cfg, "selection")
         check_new_run_dir(out_dir)
@@ -463,7 +531,7 @@ def main(argv=None):
             logger = start_run(cfg, out_dir, "selection", "selection.log", latents=str(args.latents),
                                strategy=args.select, budget=args.budget, seed=seed,
                                labelled=str(args.labelled) if args.labelled else None)
-            run_selection(args, cfg, arrays, labelled, seed, out_dir, device, logger)
+            run_selection(args, cfg, arrays, labelled, labels, seed, out_dir, device, logger)
         return
     require_labels(args.latents, arrays)
     ns = check_plan(cfg, len(arrays["idx_train"]))
