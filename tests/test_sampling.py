@@ -295,7 +295,8 @@ def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
     sm.main(["--latents", str(latents_path), "--out-dir", str(tmp_path / "pick"), "--select", strategy, "--budget", "12",
              "--labelled", str(labelled_file(tmp_path / "done.txt", labelled)), "--seed", "4"])
     to_label = pd.read_csv(tmp_path / "pick" / "to_label.csv")
-    assert list(to_label) == ["rank", "structure_index", "pool_row", "npz_row"]
+    scored = ["score"] if strategy == "gp_variance" else []  # the posterior variance of each pick
+    assert list(to_label) == ["rank", "structure_index", "pool_row", "npz_row", *scored]
     assert to_label["rank"].tolist() == list(range(1, 13))
     assert (to_label["npz_row"] == pool[to_label["pool_row"]]).all()
     assert (to_label["structure_index"] == structure_index[to_label["npz_row"]]).all()
@@ -324,7 +325,7 @@ def test_the_experiment_selects_hybrid_anew_for_every_budget(tmp_path):
     z = torch.randn(300, 6, generator=torch.Generator().manual_seed(0))
     selector = selection.Selector(z, resolve_config({"HYBRID_SWITCH": 20}))
     pool_rows = np.arange(300) + 1000
-    selections = sm.select_all(selector, [("hybrid", 1)], [10, 20, 50], pool_rows, tmp_path,
+    selections = sm.select_all(selector, None, [("hybrid", 1)], [10, 20, 50], pool_rows, tmp_path,
                                utils.get_logger("test_hybrid"))
     for n in (10, 20, 50):
         assert selections["hybrid", 1, n].tolist() == selector("hybrid", n, 1).tolist()
