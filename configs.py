@@ -95,6 +95,8 @@ KCENTER_STANDARDIZE = True  # every strategy measures distances on per-dimension
 KMEANS_ITERATIONS = 20  # Lloyd rounds at most (kmeans, typiclust); fewer when no molecule changes cluster
 TYPICLUST_K = 20  # neighbours of TypiClust's typicality (Hacohen et al. 2022), fewer in small clusters
 TYPICLUST_MIN_CLUSTER_SIZE = 5  # TypiClust skips clusters of this many molecules or fewer: outlier groups
+HYBRID_SWITCH = 100  # hybrid: TypiClust up to this many labels, k-center after; on the SevenNet-0 QM9 grid
+# (results/qm9_sevennet0) TypiClust's MLP gain over random ends between N = 100 and N = 200
 HERDING_WIDTH = 1.0  # herding's Gaussian kernel width, in median pairwise latent distances
 HERDING_SAMPLE = 10_000  # pool molecules whose kernel mean estimates the pool density for herding
 SELECTION_DIM = None  # int: select on this many leading principal components of the (standardized) latents,

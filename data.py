@@ -172,20 +172,26 @@ def load_structures(cfg):
     pool = (f"the structures of at most MAX_STRUCTURE_ATOMS={cfg.MAX_STRUCTURE_ATOMS} atoms" if dropped
             else "the size of the dataset")
     arrays = seeded_subset(arrays, cfg.MAX_STRUCTURES, cfg.SEED, pool)
-    source = cfg.DATASET if is_file_dataset(cfg) else f"{cfg.DATASET} cache in {cfg.DATA_ROOT}"
+    source = dataset_source(cfg)
     check_atom_distances(arrays, source)
-    check_elements(arrays, cfg.ATOM_TYPES, source)
+    check_elements(arrays, atomic_numbers(cfg.ATOM_TYPES), source, f"ATOM_TYPES {tuple(cfg.ATOM_TYPES)}")
     return arrays, cfg, dropped
 
 
-def check_elements(arrays, atom_types, source):
-    """Every atom's element is one of `atom_types`; the error names the first structure with another."""
-    known = np.isin(arrays["z"], atomic_numbers(atom_types))
+def dataset_source(cfg):
+    """How error messages name the dataset: a structure file by its path, a built-in one by its cache."""
+    return cfg.DATASET if is_file_dataset(cfg) else f"{cfg.DATASET} cache in {cfg.DATA_ROOT}"
+
+
+def check_elements(arrays, numbers, source, known_by):
+    """Every atom's atomic number is one of `numbers`, the elements that `known_by` (ATOM_TYPES, a
+    pretrained model) names; the error names the first structure with another."""
+    known = np.isin(arrays["z"], numbers)
     if not known.all():
         extra = sorted({int(z) for z in arrays["z"][~known]})
         row = int(np.searchsorted(np.cumsum(arrays["n_atoms"]), np.argmin(known), side="right"))
-        raise InputError(f"{source}: structures hold atomic numbers {extra} that ATOM_TYPES {tuple(atom_types)} "
-                         f"lacks, the first is structure {structure_label(arrays, row)}")
+        raise InputError(f"{source}: structures hold atomic numbers {extra} that {known_by} lacks, the first is "
+                         f"structure {structure_label(arrays, row)}")
 
 
 # --- device-resident batches -------------------------------------------------------

@@ -207,7 +207,8 @@ def main(argv=None):
     split = train_val_test_split_indices(structures.num_molecules, cfg.TRAIN_VAL_TEST_SPLIT, cfg.SEED)
     embedder = pretrained.load_embedder(cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT, device,
                                         cfg.PRETRAINED_MIRROR_AVERAGE)
-    pretrained.check_elements(arrays["z"], embedder.elements, cfg.PRETRAINED_MODEL)
+    data.check_elements(arrays, embedder.elements, data.dataset_source(cfg),
+                        pretrained.trained_elements(cfg.PRETRAINED_MODEL, embedder.elements))
     model = pretrained.describe(embedder, cfg.PRETRAINED_MODEL, cfg.PRETRAINED_READOUT)
     with run_folder(out_dir, resume=args.resume, resumable=[CHUNK_DIR]):
         logger = start_run(cfg, out_dir, "pretrained", "export.log", run_info_name(args.resume),

@@ -109,7 +109,7 @@ def save_label_histograms(pool, panels, out_png, name="label", unit="eV"):
     _save_figure(fig, out_png)
 
 CURVE_LABELS = {"random": "random", "kcenter": "k-center", "kmeans": "k-means", "typiclust": "TypiClust",
-                "herding": "kernel herding"}
+                "herding": "kernel herding", "hybrid": "TypiClust, then k-center"}
 
 HEAD_TITLES = {"mlp": "ResidualMLP head", "krr": "kernel ridge head"}
 

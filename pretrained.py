@@ -15,7 +15,6 @@ import importlib.metadata
 import importlib.util
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch_geometric.utils import scatter
 
@@ -36,13 +35,17 @@ def mean_over_atoms(features, batch, num_structures):
     return scatter(features, batch, dim=0, dim_size=num_structures, reduce="mean")
 
 
-def check_elements(z, covered, model_name):
-    """Every atomic number of `z` must be one the model was trained on."""
-    missing = sorted(set(np.unique(np.asarray(z)).tolist()) - set(covered))
-    if missing:
-        gaps = ", with gaps" if len(covered) < max(covered) - min(covered) + 1 else ""
-        raise InputError(f"{model_name} does not cover atomic number(s) {missing}; it knows {len(covered)} "
-                         f"elements ({min(covered)}..{max(covered)}{gaps})")
+def trained_elements(model_name, numbers):
+    """How an error names a model's elements: 'chgnet (trained on 94 elements, atomic numbers 1..94)',
+    runs of consecutive atomic numbers joined."""
+    runs = []
+    for number in sorted(numbers):
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    spans = ", ".join(f"{first}..{last}" if last > first else str(first) for first, last in runs)
+    return f"{model_name} (trained on {len(numbers)} elements, atomic numbers {spans})"
 
 
 class SevenNetEmbedder:

@@ -11,10 +11,12 @@ warm start). The seed fixes every random choice, so the same seed gives the same
 - kmeans: k-means with one centroid per pick; the pool row nearest each centroid.
 - typiclust: TypiClust (Hacohen, Dekel and Weinshall 2022): k-means clusters, the most typical row
   (densest in its cluster) of each cluster not yet covered by a label, largest clusters first.
+- hybrid: typiclust until the labels (warm start and picks) number HYBRID_SWITCH, then k-center
+  greedy warm-started from all of them: typical rows while labels are few, coverage later.
 
-random, kcenter and herding are nested: the first k picks of a run answer every budget k. kmeans and
-typiclust are not: each budget is its own clustering. Selector shares the k-means runs of one pool
-between kmeans and typiclust.
+random, kcenter and herding are nested: the first k picks of a run answer every budget k. kmeans,
+typiclust and hybrid are not: each budget is its own clustering (hybrid's, up to the switch).
+Selector shares the k-means runs of one pool between kmeans, typiclust and hybrid.
 """
 import math
 
@@ -22,7 +24,7 @@ import torch
 
 from utils import InputError, standardize, std_floor
 
-NESTED = {"random": True, "kcenter": True, "herding": True, "kmeans": False, "typiclust": False}
+NESTED = {"random": True, "kcenter": True, "herding": True, "kmeans": False, "typiclust": False, "hybrid": False}
 STRATEGIES = list(NESTED)
 ROW_CHUNK = 16_384  # pool rows per distance block: (ROW_CHUNK, k) floats stay well below a GB
 MEDIAN_SAMPLE = 1_000  # rows whose pairwise distances set the herding kernel width
@@ -285,7 +287,7 @@ def typiclust_picks(z, labels, n_samples, start, k_nn, min_cluster_size):
 
 class Selector:
     """Every strategy on one pool z (n, d), with the settings of cfg. A k-means run is kept for the
-    other clustering strategy: kmeans and typiclust at the same seed and budget cluster once."""
+    other clustering strategies: kmeans, typiclust and hybrid at the same seed and k cluster once."""
 
     def __init__(self, z, cfg):
         self.z, self.cfg = z, cfg
@@ -322,6 +324,18 @@ class Selector:
         _, labels = self.clustering(n_samples + len(start), seed, start[:0])  # the paper: |labelled| + N clusters
         return typiclust_picks(self.z, labels, n_samples, start, self.cfg.TYPICLUST_K,
                                self.cfg.TYPICLUST_MIN_CLUSTER_SIZE)
+
+    def _hybrid(self, n_samples, seed, start):
+        """TypiClust picks until the labels, the warm start included, number HYBRID_SWITCH; the rest
+        k-center greedy from every label and typical pick. A warm start of HYBRID_SWITCH rows or more
+        leaves only k-center picks."""
+        check_budget("hybrid", len(self.z), n_samples, len(start))
+        n_typical = min(n_samples, max(0, self.cfg.HYBRID_SWITCH - len(start)))
+        typical = self._typiclust(n_typical, seed, start) if n_typical else start[:0]
+        if n_typical == n_samples:
+            return typical
+        coverage = kcenter_greedy(self.z, n_samples - n_typical, seed, torch.cat([start, typical]))
+        return torch.cat([typical, coverage])
 
 
 def standardized_latents(z, pool_rows):

@@ -33,7 +33,7 @@ SAMPLING_RUN = {"MLP_HIDDEN_DIM": 48, "MLP_LAYERS": 1, "MLP_LR": 3e-3, "MLP_EPOC
                 "SAMPLING_STRATEGIES": ["kcenter"], "KCENTER_STANDARDIZE": False, "HEAD": ["krr"],
                 "KRR_WIDTHS": [3.0], "KRR_RIDGES": [0.5], "HEAD_TUNING": "validation", "HEAD_CV_FOLDS": 2}
 SELECTION = {"KMEANS_ITERATIONS": 1, "TYPICLUST_K": 2, "TYPICLUST_MIN_CLUSTER_SIZE": 40, "HERDING_WIDTH": 0.3,
-             "HERDING_SAMPLE": 50}  # each changes the picks of the strategy that uses it
+             "HERDING_SAMPLE": 50, "HYBRID_SWITCH": 10}  # each changes the picks of the strategy that uses it
 PRETRAINED = {"PRETRAINED_MODEL", "PRETRAINED_READOUT", "PRETRAINED_MIRROR_AVERAGE", "PRETRAINED_BATCH_SIZE",
               "PRETRAINED_CHUNK_SIZE", "PRETRAINED_WORKERS"}  # test_pretrained
 DATASETS = {"DATASET", "TARGET", "TARGET_UNIT", "ASE_FORMAT"}  # tests/test_coremof.py, tests/test_structure_file.py
@@ -198,7 +198,7 @@ def test_mlp_val_size_sets_the_early_stopping_subset(tmp_path, skewed_latents, s
 @pytest.mark.parametrize("name", SELECTION)
 def test_selection_settings_change_the_picks(name):
     z = torch.randn(400, 4, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 1.0, 3.0, 0.3])
-    strategy = {"KMEANS": "kmeans", "TYPICLUST": "typiclust", "HERDING": "herding"}[name.split("_")[0]]
+    strategy = name.split("_")[0].lower()  # KMEANS_ITERATIONS: kmeans, HYBRID_SWITCH: hybrid
     picks = {}
     for cfg in (resolve_config(), resolve_config({name: SELECTION[name]})):
         select = selection.Selector(z, cfg)

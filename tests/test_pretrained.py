@@ -142,12 +142,28 @@ def test_readout_last_is_the_tail_of_all(embedders, molecules, name, blocks):
     assert not torch.allclose(every_layer[:, :last.dim], last_layer, atol=1e-2)
 
 
-def test_an_element_the_model_lacks_is_named(embedders):
-    with pytest.raises(InputError, match=r"sevennet-0 does not cover atomic number\(s\) \[86\]"):
-        pretrained.check_elements(np.array([1, 6, 86]), embedders["sevennet-0"].elements, "sevennet-0")
-    with pytest.raises(InputError, match=r"chgnet does not cover atomic number\(s\) \[95, 118\]; it knows 94 "
-                                         r"elements \(1\.\.94\)$"):
-        pretrained.check_elements(np.array([118, 1, 95]), embedders["chgnet"].elements, "chgnet")
+def test_a_models_elements_are_named_as_runs(embedders):
+    assert pretrained.trained_elements("sevennet-0", embedders["sevennet-0"].elements) == \
+        "sevennet-0 (trained on 89 elements, atomic numbers 1..83, 89..94)"  # no Po, At, Rn, Fr, Ra
+    assert pretrained.trained_elements("chgnet", embedders["chgnet"].elements) == \
+        "chgnet (trained on 94 elements, atomic numbers 1..94)"
+    assert pretrained.trained_elements("toy", [8, 1, 3, 2, 6]) == "toy (trained on 5 elements, atomic numbers 1..3, 6, 8)"
+
+
+def test_a_file_with_an_element_the_model_lacks_names_its_first_structure(capsys, tmp_path):
+    """Radon (86), a noble gas SevenNet-0 was not trained on, in structures 3 and 5 of a structure file."""
+    from ase import Atoms
+    from ase.io import write
+    frames = [Atoms(numbers=[6, 86 if position in (3, 5) else 8, 1], positions=[[0, 0, 0], [1.5, 0, 0], [0, 1.1, 0]],
+                    info={"gap": 0.1 * position, "name": f"mol{position}"}) for position in range(6)]
+    path = tmp_path / "pool.extxyz"
+    write(path, frames)
+    message = expect_input_error(capsys, export.main, [
+        "--data-root", str(tmp_path / "data"), "--set", f"DATASET={path}", "--set", "TARGET=gap", "--set",
+        "PRETRAINED_WORKERS=1", "--out-dir", str(tmp_path / "out")])
+    assert message == (f"error: {path}: structures hold atomic numbers [86] that sevennet-0 (trained on 89 elements, "
+                       "atomic numbers 1..83, 89..94) lacks, the first is structure mol3 (with index 3)")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_missing_package_names_what_to_install(monkeypatch):

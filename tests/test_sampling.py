@@ -114,7 +114,7 @@ def test_label_efficiency_interpolates_in_log_log():
 
 QUICK = ["--ns", "10", "40", "150", "--seeds", "0", "1", "2", "--set", "MLP_EPOCHS=80", "--set", "MLP_PATIENCE=10",
          "--set", "MLP_HIDDEN_DIM=64"]
-STRATEGIES = selection.STRATEGIES
+STRATEGIES = resolve_config().SAMPLING_STRATEGIES  # the strategies of a default run
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +286,7 @@ def labelled_file(path, lines):
     return path
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", selection.STRATEGIES)
 def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
     latents_path = write_synthetic_latents(tmp_path / "latents.npz")
     with np.load(latents_path) as npz:
@@ -307,6 +307,30 @@ def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
     sm.main(["--latents", str(latents_path), "--out-dir", str(tmp_path / "next"), "--select", strategy, "--budget", "5",
              "--labelled", str(tmp_path / "pick" / "to_label.csv")])
     assert not set(pd.read_csv(tmp_path / "next" / "to_label.csv")["structure_index"]) & set(to_label["structure_index"])
+
+
+def test_selection_only_passes_the_hybrid_switch_on(tmp_path):
+    latents_path = write_synthetic_latents(tmp_path / "latents.npz")
+    sm.main(["--latents", str(latents_path), "--out-dir", str(tmp_path / "pick"), "--select", "hybrid", "--budget",
+             "12", "--set", "HYBRID_SWITCH=5"])
+    z_pool = selection.selection_latents(latents.load_latents(latents_path), resolve_config(), torch.device("cpu"))
+    select = selection.Selector(z_pool, resolve_config({"HYBRID_SWITCH": 5}))
+    picked = pd.read_csv(tmp_path / "pick" / "to_label.csv")["pool_row"].tolist()
+    assert picked == select("hybrid", 12, sm.SELECT_SEED).tolist() != select("typiclust", 12, sm.SELECT_SEED).tolist()
+
+
+def test_the_experiment_selects_hybrid_anew_for_every_budget(tmp_path):
+    """Below the switch, hybrid's picks for N are TypiClust's for N, not the first N of a larger budget's."""
+    z = torch.randn(300, 6, generator=torch.Generator().manual_seed(0))
+    selector = selection.Selector(z, resolve_config({"HYBRID_SWITCH": 20}))
+    pool_rows = np.arange(300) + 1000
+    selections = sm.select_all(selector, [("hybrid", 1)], [10, 20, 50], pool_rows, tmp_path,
+                               utils.get_logger("test_hybrid"))
+    for n in (10, 20, 50):
+        assert selections["hybrid", 1, n].tolist() == selector("hybrid", n, 1).tolist()
+    assert selections["hybrid", 1, 10].tolist() != selections["hybrid", 1, 50][:10].tolist()
+    np.testing.assert_array_equal(np.load(tmp_path / "selected_hybrid_seed1.npy"),
+                                  pool_rows[selections["hybrid", 1, 50].numpy()])
 
 
 @pytest.mark.parametrize("replace, argv, message", [
@@ -358,6 +382,8 @@ def test_selection_only_writes_the_picks_to_label_in_order(strategy, tmp_path):
     ({}, ["--set", "SELECTION_DIM=17"], "SELECTION_DIM=17: expected None or 1..16, the width of the latents"),
     ({}, ["--select", "kmeans", "--budget", "5", "--set", "SELECTION_DIM=0"],
      "SELECTION_DIM=0: expected a positive number"),
+    ({}, ["--select", "hybrid", "--budget", "5", "--set", "HYBRID_SWITCH=0"], "HYBRID_SWITCH=0: expected a positive"),
+    ({}, ["--strategies", "hybrid", "--set", "HYBRID_SWITCH=-3"], "HYBRID_SWITCH=-3: expected a positive number"),
 ])
 def test_bad_input_exits_with_one_line_before_any_output(capsys, tmp_path, replace, argv, message):
     npz = write_synthetic_latents(tmp_path / "latents.npz", **replace)

@@ -175,6 +175,51 @@ def test_typiclust_warm_start_covers_a_cluster_first(selector):
     assert cluster_of(selector("typiclust", 1, seed=0, already_selected=[0, 1, 2]).tolist()) == ["right"]
 
 
+# --- hybrid -------------------------------------------------------------------------------
+
+SWITCH = 6
+
+
+@pytest.fixture(scope="module")
+def hybrid_selector(pool):
+    return selection.Selector(pool, resolve_config({"HYBRID_SWITCH": SWITCH}))
+
+
+def test_hybrid_is_typiclust_up_to_the_switch(hybrid_selector):
+    for n in (1, 4, SWITCH):
+        assert hybrid_selector("hybrid", n, seed=2).tolist() == hybrid_selector("typiclust", n, seed=2).tolist()
+
+
+def test_hybrid_turns_to_kcenter_greedy_warm_started_from_its_typical_picks(pool, hybrid_selector):
+    picks = hybrid_selector("hybrid", 20, seed=2)
+    typical = hybrid_selector("typiclust", SWITCH, seed=2)
+    assert picks[:SWITCH].tolist() == typical.tolist()
+    assert picks[SWITCH:].tolist() == selection.kcenter_greedy(pool, 20 - SWITCH, 0, typical).tolist()
+    assert len(set(picks.tolist())) == 20
+    assert "outlier" not in cluster_of(typical.tolist())
+    assert sorted(picks[SWITCH:SWITCH + 3].tolist()) == OUTLIERS  # coverage reaches what TypiClust skips
+
+
+def test_hybrid_is_seeded(pool, hybrid_selector):
+    again = selection.Selector(pool, resolve_config({"HYBRID_SWITCH": SWITCH}))
+    assert again("hybrid", 20, seed=3).tolist() == hybrid_selector("hybrid", 20, seed=3).tolist()
+    assert hybrid_selector("hybrid", 20, seed=2).tolist() != hybrid_selector("hybrid", 20, seed=3).tolist()
+
+
+def test_hybrid_counts_the_warm_start_towards_the_switch(pool, hybrid_selector):
+    start = [0, 31, 60]  # three labels: three typical picks reach the switch
+    picks = hybrid_selector("hybrid", 10, seed=2, already_selected=start)
+    typical = hybrid_selector("typiclust", SWITCH - 3, seed=2, already_selected=start)
+    assert picks[:3].tolist() == typical.tolist()
+    coverage = selection.kcenter_greedy(pool, 7, 0, start + typical.tolist())
+    assert picks[3:].tolist() == coverage.tolist()
+    everything = hybrid_selector("hybrid", 60, seed=2, already_selected=start)
+    assert sorted(everything.tolist()) == sorted(set(range(63)) - set(start))
+    labelled = list(range(SWITCH + 2))  # past the switch already: coverage only
+    assert hybrid_selector("hybrid", 5, seed=2, already_selected=labelled).tolist() == \
+        selection.kcenter_greedy(pool, 5, 0, labelled).tolist()
+
+
 # --- kernel herding ------------------------------------------------------------------------
 
 def test_herding_follows_the_density_and_never_starts_at_an_outlier(pool, selector):
