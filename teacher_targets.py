@@ -76,7 +76,8 @@ def load_teacher_features(arrays, cfg, device):
     """The teacher's per-atom features of `arrays` (A, dim) CACHE_DTYPE, from the cache under DATA_ROOT or
     computed and cached there. Every element must be one the teacher knows."""
     teacher = load_teacher(cfg, device)
-    pretrained.check_elements(arrays["z"], teacher.elements, cfg.TEACHER)
+    data.check_elements(arrays, teacher.elements, data.dataset_source(cfg),
+                        pretrained.trained_elements(cfg.TEACHER, teacher.elements))
     return cached_atom_values(arrays, cfg, cache_name(arrays, cfg, teacher), "teacher target cache", teacher.dim,
                               CACHE_DTYPE, lambda: build_teacher_features(arrays, cfg, teacher, device))
 

@@ -105,6 +105,16 @@ def test_a_mirror_averaged_teachers_atoms_ignore_reflections(molecules):
                                                                            TEACHER="chgnet"))
 
 
+@needs_sevenn
+def test_an_element_the_teacher_lacks_is_named_before_anything_is_computed(tmp_path):
+    radon = {"z": np.array([1, 86], dtype=np.uint8), "pos": np.array([[0, 0, 0], [0, 0, 2.0]], dtype=np.float32),
+             "n_atoms": np.array([2]), "index": np.array([7])}
+    with pytest.raises(InputError, match=r"structures hold atomic numbers \[86\] that sevennet-0 \(trained on 89 "
+                                         r"elements, atomic numbers 1\.\.83, 89\.\.94\) lacks"):
+        teacher_targets.load_teacher_features(radon, teacher_config(tmp_path, ATOM_TYPES=("H", "Rn")), "cpu")
+    assert not list(tmp_path.iterdir())
+
+
 TINY = ["--max-molecules", 40, "--epochs", 1, "--batch-size", 16, "--set", "ENC_NUM_LAYERS=2",
         "--set", "ENC_HIDDEN_IRREPS='8x0e + 8x1o'", "--set", "LATENT_DIM=16", "--set", "DEC_HIDDEN_DIM=32"]
 
