@@ -284,6 +284,7 @@ def prepare_data(cfg, device):
     sizes = descriptors.descriptor_sizes(cfg)
     targets, mean, std = descriptors.standardize_targets(descriptors.compute_descriptors(structures, cfg),
                                                   torch.as_tensor(split[0], device=device), sizes)
+    descriptor_seconds = time.perf_counter() - start
     train_atoms = structures.atoms_of(torch.as_tensor(split[0], device=device))[0]
     if cfg.ATOM_TARGET_WEIGHT > 0:
         structures.atom_targets = atom_targets(arrays, train_atoms, cfg, device)
@@ -291,7 +292,8 @@ def prepare_data(cfg, device):
         structures.teacher_targets = teacher_targets(arrays, train_atoms, cfg, device)
     return SimpleNamespace(cfg=cfg, arrays=arrays, structures=structures, split=split, targets=targets,
                            target_stats=(mean, std), descriptor_sizes=sizes, dropped=dropped,
-                           descriptor_seconds=time.perf_counter() - start)
+                           descriptor_seconds=descriptor_seconds,
+                           atom_target_seconds=time.perf_counter() - start - descriptor_seconds)
 
 
 def log_data(prepared, device, logger):
@@ -304,6 +306,10 @@ def log_data(prepared, device, logger):
                 np.median(n_atoms), np.percentile(n_atoms, 90), n_atoms.max(), " ".join(cfg.ATOM_TYPES),
                 " ".join(descriptors.histogram_classes(cfg.ATOM_TYPES, cfg.HIST_ELEMENTS)[0]))
     logger.info("descriptor targets %s computed in %.1f s", prepared.descriptor_sizes, prepared.descriptor_seconds)
+    per_atom = [name for name, on in (("atom_targets", cfg.ATOM_TARGET_WEIGHT > 0), ("teacher", cfg.TEACHER_WEIGHT > 0))
+                if on]
+    if per_atom:  # a first run computes them, later ones read their cache under DATA_ROOT
+        logger.info("per-atom targets %s ready in %.1f s", " and ".join(per_atom), prepared.atom_target_seconds)
 
 
 def neighbors_within_cutoff(prepared, cfg, device):
