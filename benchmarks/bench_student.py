@@ -2,7 +2,8 @@
 its teacher, on every structure of the run's subset, in one process with the passes interleaved, so a
 busy machine slows both alike. The encoder embeds as the training script's latents do (EVAL_BATCH_SIZE
 per pass), SevenNet-0 as the export does (PRETRAINED_BATCH_SIZE per pass, here in this one process).
-Checks that each pass gives the latents its run wrote; prints structures/s and the ratio.
+Checks that each pass gives the latents its run wrote; prints structures/s and the ratio, by wall
+time and by this process's CPU time (which other jobs on a shared machine disturb less).
 
     python benchmarks/bench_student.py --run runs/student --export runs/7net --repeats 1
 """
@@ -57,26 +58,31 @@ def main(argv=None):
     passes = {"encoder": lambda: training.extract_latents(encoder, structures, cfg.EVAL_BATCH_SIZE,
                                                           cfg.BATCH_MAX_ATOMS),
               "sevennet-0": lambda: sevennet_pass(embedder, structures, cfg).cpu().numpy()}
-    latents, seconds = {}, {name: [] for name in passes}
+    latents, seconds, cpu_seconds = {}, {name: [] for name in passes}, {name: [] for name in passes}
     for _ in range(args.repeats):
         for name, run in passes.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             latents[name] = run()  # numpy: on the host, so a GPU has finished
             seconds[name].append(time.perf_counter() - start)
+            cpu_seconds[name].append(time.process_time() - cpu_start)
     rates = {name: structures.num_molecules / np.median(times) for name, times in seconds.items()}
+    cpu_rates = {name: structures.num_molecules / np.median(times) for name, times in cpu_seconds.items()}
     # against the npz each run wrote: the same latents, up to the rounding of another thread count
     differences = {name: float(np.abs(latents[name] - written[name]).max() / np.abs(written[name]).max())
                    for name in passes}
-    print(f"{'latent':<12} {'structures/s':>13} {'vs sevennet-0':>14} {'max diff':>9}  ({structures.num_molecules} "
-          f"structures, {args.repeats} repeats, {device}, {torch.get_num_threads()} threads)")
+    print(f"{'latent':<12} {'structures/s':>13} {'vs sevennet-0':>14} {'per CPU s':>10} {'vs sevennet-0':>14} "
+          f"{'max diff':>9}  ({structures.num_molecules} structures, {args.repeats} repeats, {device}, "
+          f"{torch.get_num_threads()} threads)")
     for name, rate in rates.items():
-        print(f"{name:<12} {rate:13.1f} {rate / rates['sevennet-0']:14.1f} {differences[name]:9.1e}")
+        print(f"{name:<12} {rate:13.1f} {rate / rates['sevennet-0']:14.1f} {cpu_rates[name]:10.1f} "
+              f"{cpu_rates[name] / cpu_rates['sevennet-0']:14.1f} {differences[name]:9.1e}")
     if args.out:
         write_text(args.out, json.dumps({"run": {**run_metadata(), "device": str(device), "threads":
                                                  torch.get_num_threads(), "structures": structures.num_molecules,
                                                  "repeats": args.repeats, "encoder_run": str(args.run),
                                                  "export": str(args.export)},
                                          "structures_per_s": rates, "seconds": seconds,
+                                         "structures_per_cpu_s": cpu_rates, "cpu_seconds": cpu_seconds,
                                          "max_relative_difference": differences}, indent=2))
     return rates, differences
 
