@@ -1,7 +1,8 @@
 """Per-atom local-environment targets: each atom's SOAP or ACSF descriptor (dscribe), for molecules
 and periodic cells, that the encoder learns to predict from each atom's readout features. They are
 built once per set of structures and settings, with a progress bar, cached under DATA_ROOT, and
-standardized per column with the training atoms' statistics.
+standardized per column with the training atoms' statistics. The cache and the standardisation
+serve a frozen teacher's per-atom features too (teacher_targets.py).
 
 Shapes: A atoms in all; the targets are (A, atom_target_width(cfg)), in the atoms' order.
 """
@@ -67,35 +68,55 @@ def build_atom_descriptors(arrays, cfg):
     return values
 
 
+def structures_cache_name(prefix, settings, arrays):
+    """File name of a per-atom cache: `prefix`, then a hash of `settings` (JSON-able) and of the
+    structures (atomic numbers, positions, atom counts, cells), so a subset, other settings or
+    another dataset get their own file."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for key in ("z", "pos", "n_atoms", "cell"):
+        if key in arrays:
+            digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+    return f"{prefix}_{digest.hexdigest()[:16]}.npz"
+
+
 def cache_name(arrays, cfg):
     """File name of the targets of these structures and settings: a hash of both."""
     settings = {"descriptor": cfg.ATOM_DESCRIPTOR, "cutoff": cfg.ATOM_DESCRIPTOR_CUTOFF,
                 "soap": [cfg.SOAP_N_MAX, cfg.SOAP_L_MAX, SOAP_COMPRESSION], "acsf": [ACSF_G2, ACSF_G4],
                 "species": species_numbers(cfg).tolist()}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for key in ("z", "pos", "n_atoms", "cell"):
-        if key in arrays:
-            digest.update(np.ascontiguousarray(arrays[key]).tobytes())
-    return f"atom_targets_{cfg.ATOM_DESCRIPTOR}_{digest.hexdigest()[:16]}.npz"
+    return structures_cache_name(f"atom_targets_{cfg.ATOM_DESCRIPTOR}", settings, arrays)
+
+
+def cached_atom_values(arrays, cfg, name, what, width, dtype, build):
+    """Per-atom values (A, width) of `dtype` for the structures `arrays`: from the cache `name` under
+    DATA_ROOT, checked (`what` names it in errors), or made by build() and cached there. A damaged or
+    mismatched cache is named, and rebuilt only once it is deleted."""
+    shape = (len(arrays["z"]), width)
+
+    def validate(cached, source):
+        check_cache_arrays(cached, source, {"values": dtype})
+        if cached["values"].shape != shape or not np.isfinite(cached["values"]).all():
+            raise InputError(f"{source}: {what} of shape {cached['values'].shape}, expected {shape} "
+                             "and finite values")
+        return cached
+
+    return cached_arrays(cfg.DATA_ROOT, name, what, validate, lambda: {"values": build()}, "structures")["values"]
 
 
 def load_atom_descriptors(arrays, cfg):
     """The per-atom descriptors of `arrays`, from the cache under DATA_ROOT or built and cached there."""
-    shape = (len(arrays["z"]), atom_target_width(cfg))
+    return cached_atom_values(arrays, cfg, cache_name(arrays, cfg), "per-atom target cache", atom_target_width(cfg),
+                              np.float32, lambda: build_atom_descriptors(arrays, cfg))
 
-    def validate(cached, source):
-        check_cache_arrays(cached, source, {"values": np.float32})
-        if cached["values"].shape != shape or not np.isfinite(cached["values"]).all():
-            raise InputError(f"{source}: per-atom targets of shape {cached['values'].shape}, expected {shape} "
-                             "and finite values")
-        return cached
 
-    return cached_arrays(cfg.DATA_ROOT, cache_name(arrays, cfg), "per-atom target cache", validate,
-                         lambda: {"values": build_atom_descriptors(arrays, cfg)}, "structures")["values"]
+def standardized_atom_values(values, train_atoms, device):
+    """Per-atom values (A, width) as float32 on `device`, standardized per column with the statistics
+    of the atoms `train_atoms`. A column's std is at least a tenth of the RMS column std, as for the
+    structure descriptors."""
+    values = torch.as_tensor(values, dtype=torch.float32, device=device)
+    return standardize(values, train_atoms, min_std=std_floor(values[train_atoms].std(dim=0)))[0]
 
 
 def atom_targets(arrays, train_atoms, cfg, device):
-    """Standardized per-atom targets (A, width) on `device`, statistics from the atoms `train_atoms`.
-    A column's std is at least a tenth of the RMS column std, as for the structure descriptors."""
-    values = torch.as_tensor(load_atom_descriptors(arrays, cfg), device=device)
-    return standardize(values, train_atoms, min_std=std_floor(values[train_atoms].std(dim=0)))[0]
+    """Standardized per-atom targets (A, width) on `device`, statistics from the atoms `train_atoms`."""
+    return standardized_atom_values(load_atom_descriptors(arrays, cfg), train_atoms, device)

@@ -62,6 +62,9 @@ ATOM_DESCRIPTOR = "acsf"  # per-atom target (dscribe): "acsf" or "soap"; acsf wo
 ATOM_DESCRIPTOR_CUTOFF = 5.0  # Angstrom: radius of the local environment the per-atom descriptor sees
 SOAP_N_MAX = 4  # radial basis functions of SOAP: its width grows with n_max (n_max + 1) / 2
 SOAP_L_MAX = 3  # largest angular degree of SOAP: its width grows with l_max + 1
+TEACHER_WEIGHT = 0.0  # loss weight of a frozen teacher: each atom predicts the teacher's standardized invariant
+# node features (the PRETRAINED_READOUT readout, cached under DATA_ROOT); a distilled student; 0: off
+TEACHER = "sevennet-0"  # the teacher, a pretrained model: "sevennet-0", "sevennet-l3i5" (sevenn) or "chgnet"
 
 # --- encoder training --------------------------------------------------------------
 ENC_LR = 1e-3  # Adam learning rate

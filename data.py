@@ -213,6 +213,7 @@ class Structures:
         self.first_atom = self.n_atoms.cumsum(0) - self.n_atoms
         self.n_atoms_host = arrays["n_atoms"]  # for batching without a device round trip
         self.atom_targets = None  # per-atom training targets (A, width), when a run sets them (training.prepare_data)
+        self.teacher_targets = None  # a frozen teacher's per-atom features (A, width), likewise
 
     def atoms_of(self, rows):
         """Atom rows of structures `rows` (B,) and the batch position of each: (atoms (A,), batch (A,))."""

@@ -8,6 +8,8 @@ structures cell (B, 3, 3), one lattice vector a row) to (embedding (B, D) float3
 the invariant node features after every interaction block (readout "all", concatenated) or after the
 last one ("last"), averaged over each structure's atoms, and the model's own total energy from the
 same forward pass. Averaging over atoms makes a crystal's embedding that of any of its supercells.
+Its `atom_features` gives the same pass before the average: (features (A, D), energy (B,) eV), the
+per-atom targets of a distilled student (teacher_targets.py).
 """
 import importlib.metadata
 import importlib.util
@@ -86,9 +88,17 @@ class SevenNetEmbedder:
     def __call__(self, z, pos, batch, num_structures, cell=None):
         return self.embed_graph(self.graph(z, pos, batch, cell), batch, num_structures)
 
-    @torch.no_grad()
+    def atom_features(self, z, pos, batch, num_structures, cell=None):
+        return self.graph_atom_features(self.graph(z, pos, batch, cell))
+
     def embed_graph(self, graph, batch, num_structures):
         """Embedding and energy of a model input dict, however its edges were found."""
+        features, energy = self.graph_atom_features(graph)
+        return mean_over_atoms(features, batch, num_structures).float(), energy
+
+    @torch.no_grad()
+    def graph_atom_features(self, graph):
+        """Per-atom features (A, dim) and energy (B,) of a model input dict."""
         keys = self.keys
         graph = self.model._preprocess(graph)
         per_block = []
@@ -98,8 +108,7 @@ class SevenNetEmbedder:
             graph = module(graph)
             if name in self.scalar_dims:
                 per_block.append(graph[keys.NODE_FEATURE][:, :self.scalar_dims[name]])
-        embedding = mean_over_atoms(torch.cat(per_block, dim=1), batch, num_structures)
-        return embedding.float(), graph[keys.PRED_TOTAL_ENERGY].double()
+        return torch.cat(per_block, dim=1), graph[keys.PRED_TOTAL_ENERGY].double()
 
 
 class CHGNetEmbedder:
@@ -138,8 +147,13 @@ class CHGNetEmbedder:
         from pymatgen.core import Lattice, Structure
         return Structure(Lattice(cell.numpy()), z.tolist(), pos.numpy(), coords_are_cartesian=True)
 
-    @torch.no_grad()
     def __call__(self, z, pos, batch, num_structures, cell=None):
+        features, energy = self.atom_features(z, pos, batch, num_structures, cell)
+        return mean_over_atoms(features, batch.to(features.device), num_structures).float(), energy
+
+    @torch.no_grad()
+    def atom_features(self, z, pos, batch, num_structures, cell=None):
+        """Per-atom features (A, dim) on the model's device, and energy (B,)."""
         z, pos, batch = z.cpu(), pos.double().cpu(), batch.cpu()
         counts = torch.bincount(batch, minlength=num_structures).tolist()
         atoms = zip(torch.split(z, counts), torch.split(pos, counts))
@@ -155,9 +169,8 @@ class CHGNetEmbedder:
             for hook in hooks:
                 hook.remove()
         features = torch.cat(per_layer, dim=1)  # on the model's device
-        embedding = mean_over_atoms(features, batch.to(features.device), num_structures)
         atoms = torch.as_tensor(counts, dtype=torch.float64, device=features.device)
-        return embedding.float(), energy_per_atom.double() * atoms
+        return features, energy_per_atom.double() * atoms
 
 
 class MirrorAveraged:
@@ -175,6 +188,12 @@ class MirrorAveraged:
         mirrored, mirrored_energy = self.embedder(z, -pos, batch, num_structures, None if cell is None else -cell)
         return (embedding + mirrored) / 2, (energy + mirrored_energy) / 2
 
+    def atom_features(self, z, pos, batch, num_structures, cell=None):
+        features, energy = self.embedder.atom_features(z, pos, batch, num_structures, cell)
+        mirrored, mirrored_energy = self.embedder.atom_features(z, -pos, batch, num_structures,
+                                                                None if cell is None else -cell)
+        return (features + mirrored) / 2, (energy + mirrored_energy) / 2
+
 
 MODELS = {  # setting value -> (embedder class, the model's own name of its checkpoint)
     "sevennet-0": (SevenNetEmbedder, "7net-0"),
@@ -183,9 +202,10 @@ MODELS = {  # setting value -> (embedder class, the model's own name of its chec
 }
 
 
-def check_model_settings(model_name, readout):
+def check_model_settings(model_name, readout, setting="PRETRAINED_MODEL"):
+    """A known model, named by the setting `setting` in the error, and a known readout."""
     if model_name not in MODELS:
-        raise InputError(f"PRETRAINED_MODEL={model_name!r}: unknown model; expected one of {sorted(MODELS)}")
+        raise InputError(f"{setting}={model_name!r}: unknown model; expected one of {sorted(MODELS)}")
     if readout not in READOUTS:
         raise InputError(f"PRETRAINED_READOUT={readout!r}: expected one of {list(READOUTS)}")
 

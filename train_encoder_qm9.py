@@ -4,7 +4,8 @@ latents_<DATASET>.npz.
 
 The encoder learns to predict label-free structure descriptors (atom counts, distance and angle
 histograms) through an invariant decoder and, optionally, the noise added to atom positions through
-an equivariant vector head. The TARGET property (HOMO energies for QM9) is read only to be stored
+an equivariant vector head, or each atom's features in a frozen pretrained potential (TEACHER_WEIGHT:
+a distilled student). The TARGET property (HOMO energies for QM9) is read only to be stored
 beside the latents.
 
     python train_encoder_qm9.py --max-molecules 2000 --epochs 3 --out-dir runs/quick
@@ -12,6 +13,7 @@ beside the latents.
     python train_encoder_qm9.py --out-dir runs/full --resume --epochs 150
     python train_encoder_qm9.py --out-dir runs/untrained --epochs 0     # control: the untrained encoder
     python train_encoder_qm9.py --out-dir runs/descriptors --descriptor-latents  # control: the targets
+    python train_encoder_qm9.py --out-dir runs/student --set TEACHER_WEIGHT=1.0   # distilled from SevenNet-0
     python train_encoder_qm9.py --dataset coremof --target AV_VF --max-molecules 300 --epochs 3 --out-dir runs/mof
     python train_encoder_qm9.py --dataset pool.extxyz --target gap --out-dir runs/pool   # your own structures
 """
@@ -28,6 +30,7 @@ from atom_targets import check_atom_descriptor
 from cli import (add_run_arguments, check_new_run_dir, default_run_dir, overrides_from_args, resolve_config, run_cli,
                  run_folder, run_info_name, saved_config, start_run)
 from models import EquivGNNEncoder
+from teacher_targets import check_teacher
 from training import (LAST, check_ranks, encoder_hparams, export_descriptor_latents, load_last, log_data,
                       neighbors_within_cutoff, prepare_data, train)
 from utils import InputError, check_split_ratios, get_device, quiet_logger
@@ -72,7 +75,7 @@ def config_from_args(args):
 
 def check_config(cfg):
     """Fail before any data is read if the settings cannot work: dataset and target, irreps, pooling,
-    element symbols, targets, histogram bins, per-atom descriptor, mask fraction, split and
+    element symbols, targets, histogram bins, per-atom descriptor, teacher, mask fraction, split and
     learning-rate schedule (types and signs are checked on loading)."""
     data.check_dataset_settings(cfg)
     known_types = SimpleNamespace(**{**vars(cfg), "ATOM_TYPES": cfg.ATOM_TYPES or ["H"]})  # None: from the data
@@ -80,6 +83,7 @@ def check_config(cfg):
     descriptors.descriptor_sizes(known_types)
     descriptors.check_histogram_settings(cfg)
     check_atom_descriptor(cfg)
+    check_teacher(cfg)
     check_split_ratios(cfg.TRAIN_VAL_TEST_SPLIT)
     if cfg.BOND_TOLERANCE < 1:
         raise InputError(f"BOND_TOLERANCE={cfg.BOND_TOLERANCE}: expected at least 1, a multiple of the covalent "

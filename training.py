@@ -1,5 +1,5 @@
 """Self-supervised training of the encoder on structures only: the model that trains (encoder,
-descriptor decoder, optional denoising head), its losses, the epoch loop on one or several
+descriptor decoder, optional denoising, per-atom, mask and teacher heads), its losses, the epoch loop on one or several
 processes, the checkpoints, and the latents of every structure."""
 import math
 import time
@@ -20,10 +20,12 @@ from distributed import Ranks
 from graphs import neighbour_graph
 from latents import latents_name, write_latents
 from models import MASK_Z, POOLINGS, AtomHead, EquivDecoder, EquivGNNEncoder, VectorHead
+from teacher_targets import describe_teacher, teacher_targets
 from utils import InputError, first_line, save_torch, set_seed, train_val_test_split_indices
 
 BEST_ENCODER, BEST_DECODER, LAST = "encoder_struct.pt", "decoder_struct.pt", "last.pt"
-HEADS = ("vector_head", "atom_head", "mask_head")  # the Autoencoder's optional heads, saved in last.pt (None: off)
+HEADS = ("vector_head", "atom_head", "mask_head", "teacher_head")  # the Autoencoder's optional heads, saved in
+# last.pt (None: off)
 
 
 def average_neighbors(structures, rows, cutoff, batch_size, max_atoms):
@@ -84,9 +86,10 @@ def weighted_total(losses, weights):
 
 def loss_weights(cfg):
     """Weight of every loss group, in the order batch_losses returns them: the descriptor groups,
-    then denoising, per-atom targets and masked atoms, each if it is on."""
+    then denoising, per-atom targets, the teacher's features and masked atoms, each if it is on."""
     weights = {name: cfg.DESCRIPTOR_WEIGHTS[name] for name in descriptors.descriptor_sizes(cfg)}
-    optional = {"denoise": cfg.DENOISE_WEIGHT, "atom_targets": cfg.ATOM_TARGET_WEIGHT, "masked_atoms": cfg.MASK_WEIGHT}
+    optional = {"denoise": cfg.DENOISE_WEIGHT, "atom_targets": cfg.ATOM_TARGET_WEIGHT, "teacher": cfg.TEACHER_WEIGHT,
+                "masked_atoms": cfg.MASK_WEIGHT}
     return {**weights, **{name: weight for name, weight in optional.items() if weight > 0}}
 
 
@@ -144,30 +147,35 @@ NO_DRAWS = SimpleNamespace(noise=None, mask=None)  # clean structures: no positi
 
 class Autoencoder(nn.Module):
     """Structure -> latent -> descriptors; with a vector head each atom's position noise, with an
-    atom head each atom's local descriptor, with a mask head each atom's element: the models that
-    train, as one module."""
+    atom head each atom's local descriptor, with a mask head each atom's element, with a teacher head
+    each atom's features in a frozen pretrained potential: the models that train, as one module."""
 
-    def __init__(self, encoder, decoder, vector_head=None, atom_head=None, mask_head=None):
+    def __init__(self, encoder, decoder, vector_head=None, atom_head=None, mask_head=None, teacher_head=None):
         super().__init__()
         self.encoder, self.decoder, self.vector_head = encoder, decoder, vector_head
-        self.atom_head, self.mask_head = atom_head, mask_head
+        self.atom_head, self.mask_head, self.teacher_head = atom_head, mask_head, teacher_head
 
     def forward(self, z, pos, batch, cell=None):
-        """descriptors (B, width); vectors (A, 3), atom_targets (A, atom width) and element_logits
-        (A, types), each None without its head."""
+        """descriptors (B, width); vectors (A, 3), atom_targets (A, atom width), element_logits
+        (A, types) and teacher (A, teacher width), each None without its head."""
         latent, last_features, atom_features = self.encoder.encode(z, pos, batch, cell)
+
+        def per_atom(head):
+            return None if head is None else head(atom_features)
+
         return SimpleNamespace(
             descriptors=self.decoder(latent),
             vectors=None if self.vector_head is None else self.vector_head(last_features),
-            atom_targets=None if self.atom_head is None else self.atom_head(atom_features),
-            element_logits=None if self.mask_head is None else self.mask_head(atom_features))
+            atom_targets=per_atom(self.atom_head), element_logits=per_atom(self.mask_head),
+            teacher=per_atom(self.teacher_head))
 
 
 def batch_losses(model, structures, targets, rows, draws, sizes, sigma):
     """Per-group losses of molecules `rows`: each descriptor group's MSE; given draws.noise (all
     atoms, in units of sigma), the MSE of the noise predicted from the displaced positions; with
-    per-atom targets (structures.atom_targets), their MSE; given draws.mask, the cross-entropy of
-    the masked atoms' elements, predicted with their element hidden (MASK_Z)."""
+    per-atom targets (structures.atom_targets) and with the teacher's (structures.teacher_targets),
+    their MSE; given draws.mask, the cross-entropy of the masked atoms' elements, predicted with
+    their element hidden (MASK_Z)."""
     atoms, batch = structures.atoms_of(rows)
     noise, mask = draws.noise, draws.mask
     pos = structures.pos[atoms] if noise is None else structures.pos[atoms] + sigma * noise[atoms]
@@ -176,8 +184,10 @@ def batch_losses(model, structures, targets, rows, draws, sizes, sigma):
     losses = group_losses(out.descriptors, targets[rows], sizes)
     if noise is not None:
         losses["denoise"] = ((out.vectors - noise[atoms]) ** 2).mean()
-    if out.atom_targets is not None:
-        losses["atom_targets"] = ((out.atom_targets - structures.atom_targets[atoms]) ** 2).mean()
+    for name, predicted, wanted in (("atom_targets", out.atom_targets, structures.atom_targets),
+                                    ("teacher", out.teacher, structures.teacher_targets)):
+        if predicted is not None:
+            losses[name] = ((predicted - wanted[atoms]) ** 2).mean()
     if mask is not None:
         masked = mask[atoms]  # a batch without a masked atom adds 0, not the NaN of an empty mean
         losses["masked_atoms"] = nn.functional.cross_entropy(
@@ -274,12 +284,16 @@ def prepare_data(cfg, device):
     sizes = descriptors.descriptor_sizes(cfg)
     targets, mean, std = descriptors.standardize_targets(descriptors.compute_descriptors(structures, cfg),
                                                   torch.as_tensor(split[0], device=device), sizes)
+    descriptor_seconds = time.perf_counter() - start
+    train_atoms = structures.atoms_of(torch.as_tensor(split[0], device=device))[0]
     if cfg.ATOM_TARGET_WEIGHT > 0:
-        train_atoms = structures.atoms_of(torch.as_tensor(split[0], device=device))[0]
         structures.atom_targets = atom_targets(arrays, train_atoms, cfg, device)
+    if cfg.TEACHER_WEIGHT > 0:
+        structures.teacher_targets = teacher_targets(arrays, train_atoms, cfg, device)
     return SimpleNamespace(cfg=cfg, arrays=arrays, structures=structures, split=split, targets=targets,
                            target_stats=(mean, std), descriptor_sizes=sizes, dropped=dropped,
-                           descriptor_seconds=time.perf_counter() - start)
+                           descriptor_seconds=descriptor_seconds,
+                           atom_target_seconds=time.perf_counter() - start - descriptor_seconds)
 
 
 def log_data(prepared, device, logger):
@@ -292,6 +306,10 @@ def log_data(prepared, device, logger):
                 np.median(n_atoms), np.percentile(n_atoms, 90), n_atoms.max(), " ".join(cfg.ATOM_TYPES),
                 " ".join(descriptors.histogram_classes(cfg.ATOM_TYPES, cfg.HIST_ELEMENTS)[0]))
     logger.info("descriptor targets %s computed in %.1f s", prepared.descriptor_sizes, prepared.descriptor_seconds)
+    per_atom = [name for name, on in (("atom_targets", cfg.ATOM_TARGET_WEIGHT > 0), ("teacher", cfg.TEACHER_WEIGHT > 0))
+                if on]
+    if per_atom:  # a first run computes them, later ones read their cache under DATA_ROOT
+        logger.info("per-atom targets %s ready in %.1f s", " and ".join(per_atom), prepared.atom_target_seconds)
 
 
 def neighbors_within_cutoff(prepared, cfg, device):
@@ -338,10 +356,11 @@ def load_last(out_dir, cfg, device):
     return checkpoint
 
 
-def build_models(cfg, enc_hparams, dec_hparams, device, checkpoint):
+def build_models(cfg, enc_hparams, dec_hparams, device, checkpoint, teacher_width=None):
     """The Autoencoder (encoder, decoder and the heads of the objectives that are on), optimizer and
-    scheduler, restored from `checkpoint` (last.pt) if given. Returns them with the first epoch to
-    train and the best validation loss so far."""
+    scheduler, restored from `checkpoint` (last.pt) if given; `teacher_width`: the columns of the
+    teacher's targets, when TEACHER_WEIGHT > 0. Returns them with the first epoch to train and the
+    best validation loss so far."""
     encoder = EquivGNNEncoder(**enc_hparams).to(device)
     if cfg.ENC_COMPILE:
         for layer in encoder.layers:  # the radius graph has data-dependent shapes, so only the layers compile
@@ -352,7 +371,9 @@ def build_models(cfg, enc_hparams, dec_hparams, device, checkpoint):
         if cfg.ATOM_TARGET_WEIGHT > 0 else None
     mask_head = AtomHead(cfg.LATENT_DIM, cfg.DEC_HIDDEN_DIM, len(cfg.ATOM_TYPES)).to(device) \
         if cfg.MASK_WEIGHT > 0 else None
-    model = Autoencoder(encoder, decoder, vector_head, atom_head, mask_head)
+    teacher_head = AtomHead(cfg.LATENT_DIM, cfg.DEC_HIDDEN_DIM, teacher_width).to(device) \
+        if cfg.TEACHER_WEIGHT > 0 else None
+    model = Autoencoder(encoder, decoder, vector_head, atom_head, mask_head, teacher_head)
     optimizer, scheduler = make_optimizer(cfg, list(model.parameters()), device)
     if checkpoint is None:
         return model, optimizer, scheduler, 0, float("inf")
@@ -379,7 +400,8 @@ def export_latents(out_dir, structures, arrays, split, cfg, device, logger):
     seconds = time.perf_counter() - start
     logger.info("latents of %d structures in %.1f s (%.0f structures/s)", len(latents), seconds,
                 len(latents) / seconds)
-    source = f"encoder after epoch {best['epoch']}" + (" (untrained)" if best["epoch"] == 0 else "")
+    encoder = "encoder" if cfg.TEACHER_WEIGHT == 0 else f"package encoder distilled from {describe_teacher(cfg)}"
+    source = f"{encoder} after epoch {best['epoch']}" + (" (untrained)" if best["epoch"] == 0 else "")
     write_latents(out_dir / latents_name(cfg.DATASET), latents, arrays, split, cfg, source)
     log_written(out_dir / latents_name(cfg.DATASET), source, arrays, cfg, logger)
 
@@ -409,8 +431,9 @@ def train(cfg, prepared, checkpoint, avg_neighbors, out_dir, device, logger, ran
     set_seed(cfg.SEED)
     enc_hparams = encoder_hparams(cfg, avg_neighbors, data.is_periodic(prepared.arrays))
     dec_hparams = decoder_hparams(cfg, prepared.targets.shape[1])
-    model, optimizer, scheduler, first_epoch, best_val = build_models(cfg, enc_hparams, dec_hparams, device,
-                                                                      checkpoint)
+    teacher = prepared.structures.teacher_targets
+    model, optimizer, scheduler, first_epoch, best_val = build_models(
+        cfg, enc_hparams, dec_hparams, device, checkpoint, teacher_width=None if teacher is None else teacher.shape[1])
     trained = model if ranks.world == 1 else DistributedDataParallel(model, broadcast_buffers=False)
     if checkpoint is not None:
         logger.info("resumed from %s after epoch %d (best val %.5f)", out_dir / LAST, first_epoch, best_val)

@@ -42,7 +42,8 @@ PRETRAINED = {"PRETRAINED_MODEL", "PRETRAINED_READOUT", "PRETRAINED_MIRROR_AVERA
 DATASETS = {"DATASET", "TARGET", "TARGET_UNIT", "ASE_FORMAT"}  # tests/test_coremof.py, tests/test_structure_file.py
 OBJECTIVES = {"LATENT_POOLING", "MASK_WEIGHT", "MASK_FRACTION", "ATOM_TARGET_WEIGHT", "ATOM_DESCRIPTOR",
               "ATOM_DESCRIPTOR_CUTOFF", "SOAP_N_MAX", "SOAP_L_MAX"}  # tests/test_objectives.py
-ELSEWHERE = PRETRAINED | DATASETS | OBJECTIVES | {"DATA_ROOT", "OUTPUT_DIR", "EVAL_BATCH_SIZE", "ENC_LR_FACTOR",
+TEACHER = {"TEACHER_WEIGHT", "TEACHER"}  # tests/test_teacher.py
+ELSEWHERE = PRETRAINED | DATASETS | OBJECTIVES | TEACHER | {"DATA_ROOT", "OUTPUT_DIR", "EVAL_BATCH_SIZE", "ENC_LR_FACTOR",
                                                   "ENC_LR_PATIENCE", "MLP_VAL_SIZE", "ENC_COMPILE", "DIST_TIMEOUT_S",
                                                   "DENOISE_SIGMA", "SELECTION_DIM"}
 # DIST_TIMEOUT_S: tests/test_distributed.py; SELECTION_DIM: tests/test_selection.py

@@ -1,4 +1,6 @@
 """Same seed, same bits on the CPU, while other processes compete for every core."""
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -65,8 +67,13 @@ DENOISING = ["--set", "DENOISE_WEIGHT=1.0", "--set", "LATENT_READOUT='all'",
 
 PER_ATOM = ["--set", "MASK_WEIGHT=1.0", "--set", "ATOM_TARGET_WEIGHT=1.0", "--set", "LATENT_POOLING='moments'"]
 
+# 100 molecules, not 300: computing the teacher's features takes most of the time on a busy CPU
+TEACHER = pytest.param(["--max-molecules", 100, "--set", "TEACHER_WEIGHT=1.0"], id="teacher", marks=pytest.mark.skipif(
+    importlib.util.find_spec("sevenn") is None, reason="optional: pip install -r requirements-pretrained.txt"))
 
-@pytest.mark.parametrize("objective", [[], DENOISING, PER_ATOM], ids=["descriptors", "denoising", "per-atom"])
+
+@pytest.mark.parametrize("objective", [pytest.param([], id="descriptors"), pytest.param(DENOISING, id="denoising"),
+                                       pytest.param(PER_ATOM, id="per-atom"), TEACHER])
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(qm9_root, tmp_path, busy_cores, objective):
     run_train(["--data-root", qm9_root, *COMMON, *objective, "--epochs", 4, "--out-dir", tmp_path / "straight"])
     run_train(["--data-root", qm9_root, *COMMON, *objective, "--epochs", 2, "--out-dir", tmp_path / "interrupted"])
