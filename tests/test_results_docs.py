@@ -14,6 +14,10 @@ HEADLINE_ROWS = {
                                          "herding, its best"),
     "SevenNet-0 frozen (MLP)": ("results/qm9_sevennet0/summary.csv", "mlp", "random", "random"),
     "SevenNet-0 frozen (KRR)": ("results/qm9_sevennet0/summary.csv", "krr", "herding", "herding"),
+    "SevenNet-0 frozen (MLP), tuned on its N labels": ("results/qm9_sevennet0_labels/summary.csv", "mlp", "random",
+                                                       "random"),
+    "SevenNet-0 frozen (KRR), tuned on its N labels": ("results/qm9_sevennet0_labels/summary.csv", "krr", "random",
+                                                       "random"),
     "FCHL19 KRR (classical)": ("results/qm9_fchl19_krr/summary.csv", "fchl19_krr", "random", "random"),
 }
 COREMOF_STRATEGIES = {"random": "random", "k-center": "kcenter", "k-means": "kmeans", "TypiClust": "typiclust",
