@@ -66,6 +66,18 @@ def test_the_coremof_descriptor_control_matches_its_summary(head):
     assert cells[2:] == [f"{1000 * rows.loc[n, 'mae_mean']:.1f}" for n in COREMOF_BUDGETS]
 
 
+STUDENT_ROWS = {"package encoder, 12 epochs": "default", "student of SevenNet-0, 12 epochs": "distilled",
+                "SevenNet-0 frozen": "sevennet0"}  # label -> run folder under results/qm9_student_10k
+
+
+@pytest.mark.parametrize("label", STUDENT_ROWS)
+def test_the_student_table_matches_its_summaries(label):
+    rows = curve(f"results/qm9_student_10k/{STUDENT_ROWS[label]}/summary.csv", "krr", "random")
+    expected = [f"{1000 * rows.loc[n, f'{metric}_mean']:.0f} ± {1000 * rows.loc[n, f'{metric}_std']:.0f}"
+                for metric in ("val_mae", "mae") for n in (100, 1000)]
+    assert table_rows("docs/results.md")[label][1:] == expected
+
+
 def test_the_prose_ranges_match_the_summaries():
     """SevenNet-0's margin over the encoder at N = 100-1000, random picks, either head, as the README says."""
     margins = []
