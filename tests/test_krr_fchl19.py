@@ -38,8 +38,8 @@ def test_picks_are_the_sampling_scripts_random_picks(small_npz, tmp_path):
     arrays = latents.load_latents(small_npz)
     cfg = cli.resolve_config({"SAMPLING_SEEDS": [0, 1, 2]})
     selector = selection.Selector(selection.selection_latents(arrays, cfg, torch.device("cpu")), cfg)
-    theirs = sm.select_all(selector, [("random", seed) for seed in cfg.SAMPLING_SEEDS], [10, 40], arrays["idx_train"],
-                           tmp_path, utils.get_logger("test_krr"))
+    plan = [("random", seed) for seed in cfg.SAMPLING_SEEDS]
+    theirs = sm.select_all(selector, None, plan, [10, 40], arrays["idx_train"], tmp_path, utils.get_logger("test_krr"))
     for seed in cfg.SAMPLING_SEEDS:
         mine = krr.random_picks(len(arrays["idx_train"]), 40, seed)
         for n in (10, 40):
