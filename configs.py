@@ -90,6 +90,8 @@ MLP_VAL_SIZE = 2000  # seeded subset of the validation split: val_mae, and tunin
 # --- label selection experiment ----------------------------------------------------
 SAMPLING_NS = [10, 20, 50, 100, 200, 500, 1000]  # label budgets N, each a fresh head
 SAMPLING_SEEDS = [0, 1, 2, 3, 4]  # one seed fixes every selection's random choices and the head init
+MLP_SEED_COUNT = 10  # MLP heads fit only the first this many SAMPLING_SEEDS (KRR heads every one): an MLP head
+# costs about 30 KRR heads, so the cheap head gets more seeds for the same time
 SAMPLING_STRATEGIES = ["random", "kcenter", "kmeans", "typiclust", "herding"]  # selection.py has each one
 KCENTER_STANDARDIZE = True  # every strategy measures distances on per-dimension standardized latents
 KMEANS_ITERATIONS = 20  # Lloyd rounds at most (kmeans, typiclust); fewer when no molecule changes cluster

@@ -334,6 +334,18 @@ def test_the_experiment_selects_hybrid_anew_for_every_budget(tmp_path):
                                   pool_rows[selections["hybrid", 1, 50].numpy()])
 
 
+def test_mlp_heads_fit_only_the_first_mlp_seed_count_seeds(tmp_path):
+    npz = write_synthetic_latents(tmp_path / "latents.npz")
+    sm.main(["--latents", str(npz), "--out-dir", str(tmp_path / "out"), "--strategies", "random", "kcenter",
+             "--ns", "10", "20", "--seeds", "3", "1", "2", "--set", "MLP_SEED_COUNT=2",
+             *[f"--set={name}={value}" for name, value in SMALL_HEADS.items()]])
+    results = pd.read_csv(tmp_path / "out" / "results_latent.csv")
+    seeds = results.groupby("head")["seed"].agg(lambda s: sorted(set(s)))
+    assert seeds["mlp"] == [1, 3] and seeds["krr"] == [1, 2, 3]
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index(["head", "strategy", "n_labels"])
+    assert summary.loc[("mlp", "kcenter", 20), "n_seeds"] == 2 and summary.loc[("krr", "kcenter", 20), "n_seeds"] == 3
+
+
 @pytest.mark.parametrize("replace, argv, message", [
     ({}, ["--latents", "nowhere.npz"], "nowhere.npz: latents file not found"),
     ({"y_all": None, "idx_val": None}, [], "missing keys ['y_all', 'idx_val']; expected ['z_all', 'y_all', "
