@@ -18,7 +18,7 @@ import itertools
 import torch
 
 import selection
-from heads import krr_fit_loo
+from heads import check_kernel_width, krr_fit_loo
 from utils import InputError
 
 NAME = "adaptive"
@@ -51,6 +51,7 @@ def labelled_round(z, labelled, labels, n_samples, cfg, where):
     and the fit ({width, ridge, loo_mae, ...})."""
     selection.check_budget(NAME, len(z), n_samples, len(labelled))
     check_labels(labels, where)
+    check_kernel_width(z[labelled], where, f"use other latents or another strategy than {NAME}")
     labels = labels.double()
     fit = krr_fit_loo(z[labelled], (labels - labels.mean()) / labels.std(), cfg.KRR_WIDTHS, cfg.KRR_RIDGES)
     picks, variance = selection.posterior_variance_greedy(z, n_samples, fit["gamma"], fit["ridge"], labelled)

@@ -203,17 +203,18 @@ def train_mlp_epochs(x, y, seeds, epochs, cfg):
     return final, heads
 
 
-def check_kernel_width(x, where):
+def check_kernel_width(x, where, remedy="use other latents or drop krr from HEAD"):
     """Refuse labelled latents x (N, d) whose median pairwise distance is 0 (more than half the pairs
     identical rows): every kernel width is a multiple of it, and a zero width has no Gaussian kernel.
     Refused rather than patched: any other width would be a setting nobody chose, and such latents
-    cannot tell the structures apart. Counted exactly; squared_distances would blur 0 into rounding."""
+    cannot tell the structures apart. Counted exactly; squared_distances would blur 0 into rounding.
+    `remedy` ends the message: what the user of this kernel can do."""
     _, counts = torch.unique(x, dim=0, return_counts=True)
     identical, pairs = int((counts * (counts - 1) // 2).sum()), len(x) * (len(x) - 1) // 2
     if identical > (pairs - 1) // 2:  # pairwise_median takes the lower median, sorted position (pairs - 1) // 2
         raise InputError(f"{where}: {identical} of the {pairs} pairs of the {len(x)} labelled structures have "
-                         "identical latents, so the kernel ridge head's width (KRR_WIDTHS times their median "
-                         "distance) would be 0; use other latents or drop krr from HEAD")
+                         "identical latents, so the Gaussian kernel's width (KRR_WIDTHS times their median "
+                         f"distance) would be 0; {remedy}")
 
 
 def krr_eigen(x, widths):

@@ -77,6 +77,16 @@ def test_rounds_that_miss_a_budget_are_refused_by_the_plan(rounds, ns, message):
     assert evaluation.check_plan(cfg, 420) == ns
 
 
+def test_labelled_rows_with_identical_latents_are_refused_for_adaptive():
+    z = torch.randn(100, 4, generator=torch.Generator().manual_seed(0))
+    z[:6] = z[0]
+    labels = torch.arange(6, dtype=torch.float64)
+    with pytest.raises(InputError) as error:
+        adaptive.labelled_round(z, torch.arange(6), labels, 5, resolve_config(), "labels.csv")
+    assert str(error.value).startswith("labels.csv: 15 of the 15 pairs of the 6 labelled structures have identical")
+    assert str(error.value).endswith("use other latents or another strategy than adaptive")
+
+
 def test_the_experiment_refuses_the_rounds_before_any_output(capsys, tmp_path):
     args = ["--latents", str(write_synthetic_latents(tmp_path / "latents.npz")), "--out-dir", str(tmp_path / "out"),
             "--strategies", "random", "adaptive", "--ns", "10", "20"]
