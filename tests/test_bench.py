@@ -61,3 +61,27 @@ def test_pretrained_bench_paths_agree(qm9_root, tmp_path):
     assert json.loads((tmp_path / "bench.json").read_text())["mol_per_s"] == rates
     assert len(rates) == 3 and all(rate > 0 for rate in rates.values())
     assert max(differences.values()) < 1e-5, differences  # the same graphs, edge vectors rounded alike or not
+
+
+def results_csv(folder, mae_by_strategy):
+    """A results_all.csv of one head, N = 10, seeds 0-2: MAE per strategy and seed, largest error 2x MAE."""
+    import pandas as pd
+    rows = [{"head": "krr", "strategy": strategy, "n_labels": 10, "seed": seed, "mae": mae, "max_abs_error": 2 * mae}
+            for strategy, maes in mae_by_strategy.items() for seed, mae in enumerate(maes)]
+    folder.mkdir()
+    pd.DataFrame(rows).to_csv(folder / "results_all.csv", index=False)
+    return str(folder)
+
+
+def test_paired_runs_pairs_by_seed_and_refuses_heads_that_changed(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import paired_runs
+
+    a = results_csv(tmp_path / "a", {"random": [0.5, 0.6, 0.7], "kmeans": [0.4, 0.5, 0.6]})
+    b = results_csv(tmp_path / "b", {"random": [0.5, 0.6, 0.7], "kmeans": [0.5, 0.5, 0.9]})
+    paired_runs.main([a, b])
+    row = capsys.readouterr().out.splitlines()[2].split(" | ")
+    assert row[1:8] == ["kmeans", "10", "3", "500", "633", "133", "88.2"]  # B - A per seed: 100, 0, 300 meV
+    c = results_csv(tmp_path / "c", {"random": [0.5, 0.6, 0.8], "kmeans": [0.4, 0.5, 0.6]})
+    with pytest.raises(SystemExit, match="random differs between the runs, so the heads changed too"):
+        paired_runs.main([a, c])
