@@ -8,7 +8,7 @@ fresh heads: a ResidualMLP and kernel ridge regression. By default (HEAD_TUNING=
 is tuned on its N labels alone: the MLP's epoch count by k-fold cross-validation, the kernel's width
 and ridge by leave-one-out error; HEAD_TUNING="validation" tunes both on labelled validation
 molecules instead. Both are scored on the test split. All MLP heads of one N train together (vmap over stacked
-parameters), each exactly as it would alone. Outputs: per-strategy and combined CSVs, summary.csv
+parameters), each as it would alone, to rounding. Outputs: per-strategy and combined CSVs, summary.csv
 with paired, Holm-adjusted statistics per head, learning curves, parity and selected-label plots.
 
     python sampling_mlp_experiment.py --latents runs/quick/latents_qm9.npz --out-dir runs/quick/sampling

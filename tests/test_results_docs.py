@@ -18,6 +18,10 @@ HEADLINE_ROWS = {
                                                        "random"),
     "SevenNet-0 frozen (KRR), tuned on its N labels": ("results/qm9_sevennet0_labels/summary.csv", "krr", "random",
                                                        "random"),
+    "SevenNet-0 frozen (KRR), 20 seeds, selection on 64 components | random": (
+        "results/qm9_sevennet0_seeds20_pca64/summary.csv", "krr", "random", "random"),
+    "SevenNet-0 frozen (KRR), 20 seeds, selection on 64 components | TypiClust": (
+        "results/qm9_sevennet0_seeds20_pca64/summary.csv", "krr", "typiclust", "TypiClust"),
     "FCHL19 KRR (classical)": ("results/qm9_fchl19_krr/summary.csv", "fchl19_krr", "random", "random"),
 }
 COREMOF_STRATEGIES = {"random": "random", "k-center": "kcenter", "k-means": "kmeans", "TypiClust": "typiclust",
@@ -26,12 +30,13 @@ COREMOF_BUDGETS = [10, 20, 50, 100, 200, 500, 1000]
 
 
 def table_rows(path):
-    """{first cell: [other cells]} of every markdown table row in `path`."""
+    """{first cell: [other cells]} of every markdown table row in `path`, and {first | second cell: ...}."""
     rows = {}
     for line in (ROOT / path).read_text().splitlines():
         if line.startswith("|") and not line.startswith("|---"):
             cells = [cell.strip() for cell in line.strip("|").split("|")]
             rows[" | ".join(cells[:2]) if cells[0] in ("MLP", "KRR") else cells[0]] = cells
+            rows.setdefault(" | ".join(cells[:2]), cells)  # rows that share a first cell, told apart by the second
     return rows
 
 
