@@ -224,7 +224,7 @@ def krr_eigen(x, widths):
     squared = selection.squared_distances(x, x)
     median = selection.pairwise_median(squared)
     for width in widths:
-        gamma = 1.0 / (2.0 * (width * median) ** 2)
+        gamma = selection.gaussian_gamma(width, median)
         yield (width, gamma, *torch.linalg.eigh(torch.exp(-gamma * squared)))
 
 
