@@ -40,17 +40,17 @@ def check_atom_distances(arrays, source, chunk=8192):
             structure = start + int(batch[i])
             atom = first_atom[structure] - first_atom[start]
             distance = float(edge_vectors(pos, close[:, :1], None if offset is None else offset[:1]).norm())
-            raise InputError(f"{source}: structure {structure_label(arrays, structure)}: atoms {j - atom} and "
+            raise InputError(f"{source}: {structure_label(arrays, structure)}: atoms {j - atom} and "
                              f"{i - atom} (0-based) are {distance:.2g} Angstrom apart; expected atoms at least "
                              f"{COINCIDENT_DISTANCE} Angstrom apart")
 
 
 def structure_label(arrays, row):
-    """How error messages name the structure at `row`: its index in the dataset (a file's: its
-    position), after its name where it has one."""
-    index = f"with index {arrays['index'][row]}"
+    """How error messages name the structure at `row`: by the structure_index column of the outputs
+    (a file's: the 0-based position), then its name where it has one."""
+    index = f"structure_index {arrays['index'][row]}"
     name = str(arrays["name"][row]) if "name" in arrays else ""
-    return f"{name} ({index})" if name else index
+    return f"{index} ({name})" if name else index
 
 
 PER_ATOM_KEYS = ("z", "pos")  # every other array of a dataset has one entry per structure
@@ -191,7 +191,7 @@ def check_elements(arrays, numbers, source, known_by):
         extra = sorted({int(z) for z in arrays["z"][~known]})
         row = int(np.searchsorted(np.cumsum(arrays["n_atoms"]), np.argmin(known), side="right"))
         raise InputError(f"{source}: structures hold atomic numbers {extra} that {known_by} lacks, the first is "
-                         f"structure {structure_label(arrays, row)}")
+                         f"{structure_label(arrays, row)}")
 
 
 # --- device-resident batches -------------------------------------------------------

@@ -4,10 +4,10 @@ file's content hash and the settings that shape it (TARGET, ASE_FORMAT), so an e
 again.
 
 Every structure of the file is kept, in file order, or the file is an input error that names the
-structure's 0-based position. A file holds either molecules (pbc all False) or crystals (pbc all
-True and a cell of volume at least MIN_CELL_VOLUME), never both. The label of a structure is
-atoms.info[TARGET], else its calculator's result TARGET (extended XYZ puts `energy=` there), else
-none: NaN. A file where no structure has one is an unlabelled pool.
+structure by its structure_index, the 0-based position. A file holds either molecules (pbc all
+False) or crystals (pbc all True and a cell of volume at least MIN_CELL_VOLUME), never both. The
+label of a structure is atoms.info[TARGET], else its calculator's result TARGET (extended XYZ puts
+`energy=` there), else none: NaN. A file where no structure has one is an unlabelled pool.
 
 Cache arrays (M structures, A atoms): z (A,) uint8, pos (A, 3) float32 Angstrom, n_atoms (M,) int64,
 index (M,) int64 (the position in the file), y (M,) float64 (NaN: no label); name (M,) str
@@ -142,7 +142,7 @@ def parse_file(path, fmt, target, digest):
         try:
             parsed.append(parse_structure(atoms, target))
         except ValueError as err:
-            raise InputError(f"{path}: structure {position} (0-based position): {err}") from None
+            raise InputError(f"{path}: structure_index {position}: {err}") from None
     if content_hash(path) != digest:
         raise InputError(f"{path}: the file changed while it was parsed; parse it again once it is complete")
     if not parsed:
@@ -158,7 +158,7 @@ def stack(path, parsed):
     if periodic.any() and not periodic.all():
         first = int(np.flatnonzero(periodic != periodic[0])[0])
         kind = {True: "a crystal", False: "a molecule"}
-        raise InputError(f"{path}: structure {first} (0-based position) is {kind[periodic[first]]} and structure 0 "
+        raise InputError(f"{path}: structure_index {first} is {kind[periodic[first]]} and structure_index 0 "
                          f"{kind[periodic[0]]}; expected all molecules (pbc False) or all crystals (pbc True, a cell)")
     arrays = {"z": np.concatenate(zs).astype(np.uint8), "pos": np.concatenate(positions).astype(np.float32),
               "n_atoms": np.array([len(z) for z in zs], dtype=np.int64),

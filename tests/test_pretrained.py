@@ -162,7 +162,7 @@ def test_a_file_with_an_element_the_model_lacks_names_its_first_structure(capsys
         "--data-root", str(tmp_path / "data"), "--set", f"DATASET={path}", "--set", "TARGET=gap", "--set",
         "PRETRAINED_WORKERS=1", "--out-dir", str(tmp_path / "out")])
     assert message == (f"error: {path}: structures hold atomic numbers [86] that sevennet-0 (trained on 89 elements, "
-                       "atomic numbers 1..83, 89..94) lacks, the first is structure mol3 (with index 3)")
+                       "atomic numbers 1..83, 89..94) lacks, the first is structure_index 3 (mol3)")
     assert not (tmp_path / "out").exists()
 
 

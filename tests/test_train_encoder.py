@@ -122,7 +122,7 @@ def test_coincident_atoms_are_named_before_training(capsys, qm9_arrays, tmp_path
     arrays["pos"][first + 2] = arrays["pos"][first]  # molecule 7: atom 2 onto atom 0
     np.savez(tmp_path / qm9.CACHE_NAME, **arrays)
     message = expect_input_error(capsys, tr.main, ["--data-root", str(tmp_path), "--out-dir", str(tmp_path / "run")])
-    assert f"structure with index {arrays['index'][7]}: atoms 0 and 2 (0-based) are 0 Angstrom apart" in message
+    assert f"structure_index {arrays['index'][7]}: atoms 0 and 2 (0-based) are 0 Angstrom apart" in message
     assert not (tmp_path / "run").exists()
 
 
