@@ -3,6 +3,7 @@ and Gaussian kernel ridge regression."""
 import copy
 
 import numpy as np
+import psutil
 import torch
 
 import selection
@@ -10,6 +11,7 @@ from models import ResidualMLP
 from utils import InputError
 
 HEADS = ("mlp", "krr")
+KRR_PEAK_MATRICES = 6  # N x N float64 matrices krr_fit_loo holds at its peak (measured: 6.2 at N = 4000)
 
 
 def new_head(seed, latent_dim, cfg):
@@ -215,6 +217,20 @@ def check_kernel_width(x, where, remedy="use other latents or drop krr from HEAD
         raise InputError(f"{where}: {identical} of the {pairs} pairs of the {len(x)} labelled structures have "
                          "identical latents, so the Gaussian kernel's width (KRR_WIDTHS times their median "
                          f"distance) would be 0; {remedy}")
+
+
+def free_memory(device):
+    """Bytes a new allocation on `device` can take: free GPU memory, or the host's available memory."""
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else psutil.virtual_memory().available
+
+
+def check_krr_memory(n, device):
+    """Refuse a budget whose kernel ridge head cannot fit in memory, before hours of other heads run."""
+    need, free = KRR_PEAK_MATRICES * 8 * n * n, free_memory(device)
+    if need > free:
+        raise InputError(f"N={n}: a kernel ridge head needs about {need / 2**30:.2g} GiB ({KRR_PEAK_MATRICES} N x N "
+                         f"float64 matrices) and {device} has {free / 2**30:.2g} GiB free; expected a smaller "
+                         "budget, or drop krr from HEAD (--heads mlp)")
 
 
 def krr_eigen(x, widths):

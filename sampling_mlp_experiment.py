@@ -36,7 +36,7 @@ import selection
 from cli import (add_run_arguments, check_new_run_dir, check_seed, default_run_dir, overrides_from_args, resolve_config,
                  run_cli, run_folder, start_run)
 from evaluation import check_names, check_plan, mae, regression_metrics, summarize
-from heads import FIT_HEADS, HEADS, budget_inputs, check_kernel_width
+from heads import FIT_HEADS, HEADS, budget_inputs, check_kernel_width, check_krr_memory
 from latents import load_latents
 from plots import label_budgets, write_plots
 from selection import selection_latents, standardized_latents
@@ -545,6 +545,8 @@ def main(argv=None):
     ns = check_plan(cfg, len(arrays["idx_train"]))
     reference = load_references(args.reference)
     device = get_device(args.device)
+    if "krr" in cfg.HEAD:
+        check_krr_memory(max(ns), device)
     out_dir = args.out_dir or default_run_dir(cfg, "sampling")
     check_new_run_dir(out_dir)
     with run_folder(out_dir):

@@ -408,6 +408,19 @@ def test_bad_input_exits_with_one_line_before_any_output(capsys, tmp_path, repla
     assert not out.exists()
 
 
+def test_a_budget_whose_kernel_does_not_fit_in_memory_is_refused_before_any_output(capsys, tmp_path, monkeypatch):
+    npz = write_synthetic_latents(tmp_path / "latents.npz")
+    monkeypatch.setattr(heads, "free_memory", lambda device: heads.KRR_PEAK_MATRICES * 8 * 400 ** 2)  # N = 400 fits
+    argv = ["--latents", str(npz), "--strategies", "random", "--seeds", "0", "--set", "MLP_EPOCHS=3"]
+    message = expect_input_error(capsys, sm.main, [*argv, "--ns", "10", "401", "--out-dir", str(tmp_path / "out")])
+    assert "N=401: a kernel ridge head needs about 0.0072 GiB (6 N x N float64 matrices) and cpu has 0.0072 GiB free; " \
+           "expected a smaller budget, or drop krr from HEAD (--heads mlp)" in message
+    assert not (tmp_path / "out").exists()
+    sm.main([*argv, "--ns", "10", "400", "--out-dir", str(tmp_path / "fits")])
+    sm.main([*argv, "--ns", "10", "401", "--heads", "mlp", "--out-dir", str(tmp_path / "mlp")])
+    assert (tmp_path / "fits" / "summary.csv").exists() and (tmp_path / "mlp" / "summary.csv").exists()
+
+
 def test_not_an_npz_is_named_as_such(capsys, tmp_path):
     np.save(tmp_path / "latents.npy", np.zeros((600, 16), np.float32))
     (tmp_path / "latents.txt").write_text("z_all,y_all\n")
