@@ -6,7 +6,8 @@ process: its kernel width (KRR_WIDTHS times the median distance of the labelled 
 variance (a ridge of KRR_RIDGES) are the pair with the lowest closed-form leave-one-out MAE of kernel
 ridge regression on the standardized labels (heads.krr_fit_loo), the prior variance staying 1, that of
 the standardized labels. The round then picks its rows greedily by posterior variance under that
-kernel, conditioned on every labelled row (selection.posterior_variance_greedy). The labels move the
+kernel (or by the pool variance they remove, GP_SCORE), conditioned on every labelled row
+(selection.posterior_variance_greedy). The labels move the
 picks only through the kernel they choose: a GP's posterior variance never reads them otherwise.
 
 The picks at a budget N are the rows labelled after the rounds summing to N, so the strategy is nested
@@ -54,7 +55,8 @@ def labelled_round(z, labelled, labels, n_samples, cfg, where):
     check_kernel_width(z[labelled], where, f"use other latents or another strategy than {NAME}")
     labels = labels.double()
     fit = krr_fit_loo(z[labelled], (labels - labels.mean()) / labels.std(), cfg.KRR_WIDTHS, cfg.KRR_RIDGES)
-    picks, variance = selection.posterior_variance_greedy(z, n_samples, fit["gamma"], fit["ridge"], labelled)
+    picks, variance = selection.posterior_variance_greedy(z, n_samples, fit["gamma"], fit["ridge"], labelled,
+                                                          score=cfg.GP_SCORE)
     return picks, variance, fit
 
 
@@ -63,7 +65,7 @@ def adaptive_selection(z, y, seed, cfg):
     later one by labelled_round on the pool labels y (n,) of every row picked before. Returns the picks
     (sum of the rounds,), their posterior variance when picked, and the fit of each round after the first."""
     rounds = cfg.ADAPTIVE_ROUNDS
-    picks, variance = selection.gp_variance(z, rounds[0], seed, cfg.GP_WIDTH, cfg.GP_NOISE)
+    picks, variance = selection.gp_variance(z, rounds[0], seed, cfg.GP_WIDTH, cfg.GP_NOISE, score=cfg.GP_SCORE)
     fits = []
     for number, size in enumerate(rounds[1:], start=2):
         more, more_variance, fit = labelled_round(z, picks, y[picks], size, cfg, f"{NAME} seed {seed}, round {number}")

@@ -501,7 +501,7 @@ def scored_picks(strategy, z_pool, budget, seed, labelled, labels, cfg, logger):
                     fit["loo_mae"])
         return picks, variance
     if strategy == "gp_variance":
-        return selection.gp_variance(z_pool, budget, seed, cfg.GP_WIDTH, cfg.GP_NOISE, labelled)
+        return selection.gp_variance(z_pool, budget, seed, cfg.GP_WIDTH, cfg.GP_NOISE, labelled, cfg.GP_SCORE)
     return selection.Selector(z_pool, cfg)(strategy, budget, seed, labelled), None
 
 
@@ -529,6 +529,7 @@ def main(argv=None):
     cfg = config_from_args(args)
     arrays = load_latents(args.latents)  # every input is checked before the run folder exists
     selection.check_selection_dim(cfg.SELECTION_DIM, arrays["z_all"].shape[1])
+    selection.check_gp_score(cfg.GP_SCORE)
     if args.select is not None:
         labelled, labels = check_selection_request(args, cfg, arrays)
         seed = None if args.select == adaptive.NAME else SELECT_SEED if args.seed is None else args.seed

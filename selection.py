@@ -166,61 +166,88 @@ def kernel_herding(z, n_samples, seed, width, sample_size, already_selected=None
 
 # --- Gaussian-process posterior variance ---------------------------------------------------
 
-def posterior_variance_greedy(z, n_samples, gamma, noise, conditioned, first=None):
-    """Greedy posterior-variance picks under a Gaussian-process prior on the rows of z (n, d): kernel
-    exp(-gamma |x - x'|^2) (prior variance 1), observation noise variance `noise`. The `conditioned`
-    rows (c,) are observed first and never picked; then each pick is the row of largest posterior
-    variance given every row observed so far (the lowest row among equals), or `first` when given.
-    Returns the picks (n_samples,) and the posterior variance of each when it was picked (float64).
+GP_SCORES = ("variance", "integrated")  # GP_SCORE: a row's own posterior variance, or the pool variance it removes
+REFERENCE_ROWS = 1000  # evenly spaced pool rows on which "integrated" sums the variance a pick removes
+
+
+def reference_rows(n):
+    """min(n, REFERENCE_ROWS) evenly spaced rows of a pool of n: seed-free, so adaptive's rounds share them,
+    and spread over the pool's order (QM9's is by size), where a random sample could cluster."""
+    return torch.linspace(0, n - 1, min(n, REFERENCE_ROWS)).round().long().unique()
+
+
+def posterior_variance_greedy(z, n_samples, gamma, noise, conditioned, first=None, score="variance"):
+    """Greedy picks under a Gaussian-process prior on the rows of z (n, d): kernel exp(-gamma |x - x'|^2)
+    (prior variance 1), observation noise variance `noise`. The `conditioned` rows (c,) are observed
+    first and never picked; then each pick is the row of highest `score` given every row observed so
+    far (the lowest row among equals), or `first` when given. score "variance": the row's posterior
+    variance (it favours rows far from all others: outliers). "integrated": the posterior variance
+    that observing the row removes, summed over the reference rows (Cohn's criterion: it favours rows
+    whose neighbourhood is both uncertain and populated). Returns the picks (n_samples,) and the
+    posterior variance of each when it was picked (float64).
 
     A pivoted (incomplete) Cholesky of K + noise I: after k observations, factor (k, n) holds
     K(observed, all) L^-T, so that the posterior variance is 1 - sum of squares of a column; each
     observation adds one row and subtracts its squares: O(n (d + k)) per observation, no n x n
     matrix. Memory: the factor, (c + n_samples) x n float64 (800 MB for 1,000 observations of a
-    100,000-row pool). float64 rather than float32, at twice the memory: late in a run the two largest
-    variances are often closer than float32's error in them (on a 20,000 x 128 pool, 1,000 picks:
-    errors of 0.3-3e-6, and gaps below 1e-6 at 27-46% of the picks), so float32 would pick another
-    row there; float64's rounding, near 1e-15, stays far below the smallest gap seen, 6.5e-10."""
+    100,000-row pool), and for "integrated" the posterior covariance with the reference rows, n x
+    REFERENCE_ROWS float64 (another 800 MB), at O(n REFERENCE_ROWS) more per observation. float64
+    rather than float32, at twice the memory: late in a run the two largest variances are often
+    closer than float32's error in them (on a 20,000 x 128 pool, 1,000 picks: errors of 0.3-3e-6, and
+    gaps below 1e-6 at 27-46% of the picks), so float32 would pick another row there; float64's
+    rounding, near 1e-15, stays far below the smallest gap seen, 6.5e-10."""
     n = z.shape[0]
     factor = torch.empty(len(conditioned) + n_samples, n, dtype=torch.float64, device=z.device)
     variance = torch.ones(n, dtype=torch.float64, device=z.device)
     taken = torch.zeros(n, dtype=torch.bool, device=z.device)
     norms = squared_norms(z)
+    references = reference_rows(n).to(z.device) if score == "integrated" else None
+    if references is not None:  # (n, m): posterior covariance of every row with each reference row
+        covariance = torch.exp(-gamma * squared_distances(z, z[references], norms, norms[references])).double()
 
     def observe(k, row):
-        """The k-th observation, row (1,): one more factor row, and the variances it explains away."""
+        """The k-th observation, row (1,): one more factor row, and the (co)variances it explains away."""
         kernel = torch.exp(-gamma * squared_distances(z, z.index_select(0, row), norms, norms[row])[:, 0])
         earlier = factor[:k]
         explained = earlier.T @ earlier.index_select(1, row)[:, 0]  # (n,): the covariance the earlier rows account for
         factor[k] = (kernel.double() - explained) / torch.sqrt(variance[row] + noise)
         variance.sub_(factor[k] ** 2)
         taken[row] = True
+        if references is not None:
+            covariance.addr_(factor[k], factor[k, references], alpha=-1)
+
+    def scores():
+        if references is None:
+            return variance
+        return torch.linalg.vector_norm(covariance, dim=1) ** 2 / (variance + noise)
 
     for k in range(len(conditioned)):
         observe(k, conditioned[k:k + 1])
     selected = torch.empty(n_samples, dtype=torch.long, device=z.device)
     picked_variance = torch.empty(n_samples, dtype=torch.float64, device=z.device)
     for k in range(n_samples):  # `row` stays a 1-element tensor: no pick waits for the device
-        most_uncertain = torch.argmax(variance.masked_fill(taken, -torch.inf)).view(1)
-        row = first.view(1) if k == 0 and first is not None else most_uncertain
+        best = torch.argmax(scores().masked_fill(taken, -torch.inf)).view(1)
+        row = first.view(1) if k == 0 and first is not None else best
         selected[k:k + 1] = row
         picked_variance[k:k + 1] = variance[row]
         observe(len(conditioned) + k, row)
     return selected, picked_variance
 
 
-def gp_variance(z, n_samples, seed, width, noise, already_selected=None):
-    """Greedy posterior-variance selection (posterior_variance_greedy) with a Gaussian kernel of width
-    `width` times the median pairwise pool distance (median_distance, seeded) and noise variance `noise`,
-    conditioned on the `already_selected` rows first. The prior variance is the same everywhere, so
-    without a warm start the first pick is a seeded random row (kcenter's first centre). Returns the
-    picks (n_samples,) and their posterior variance when picked (n_samples,)."""
+def gp_variance(z, n_samples, seed, width, noise, already_selected=None, score="variance"):
+    """Greedy Gaussian-process selection (posterior_variance_greedy, by `score`) with a Gaussian kernel of
+    width `width` times the median pairwise pool distance (median_distance, seeded) and noise variance
+    `noise`, conditioned on the `already_selected` rows first. Under "variance" the prior variance is the
+    same everywhere, so without a warm start the first pick is a seeded random row (kcenter's first
+    centre). Returns the picks (n_samples,) and their posterior variance when picked (n_samples,)."""
     n = z.shape[0]
     start = warm_start_rows(already_selected, z.device)
     check_budget("gp_variance", n, n_samples, len(start))
     gamma = gaussian_gamma(width, median_distance(z, torch.Generator().manual_seed(seed)))
-    first = None if len(start) else torch.randint(n, (), generator=torch.Generator().manual_seed(seed)).to(z.device)
-    return posterior_variance_greedy(z, n_samples, gamma, noise, start, first)
+    first = None
+    if score == "variance" and not len(start):
+        first = torch.randint(n, (), generator=torch.Generator().manual_seed(seed)).to(z.device)
+    return posterior_variance_greedy(z, n_samples, gamma, noise, start, first, score)
 
 
 # --- k-means -----------------------------------------------------------------------------
@@ -380,7 +407,7 @@ class Selector:
         return kernel_herding(self.z, n_samples, seed, self.cfg.HERDING_WIDTH, self.cfg.HERDING_SAMPLE, start)
 
     def _gp_variance(self, n_samples, seed, start):
-        return gp_variance(self.z, n_samples, seed, self.cfg.GP_WIDTH, self.cfg.GP_NOISE, start)[0]
+        return gp_variance(self.z, n_samples, seed, self.cfg.GP_WIDTH, self.cfg.GP_NOISE, start, self.cfg.GP_SCORE)[0]
 
     def _kmeans(self, n_samples, seed, start):
         check_budget("kmeans", len(self.z), n_samples, len(start))
@@ -414,6 +441,11 @@ def standardized_latents(z, pool_rows):
     of the descriptor control, would otherwise put the few molecules that differ millions of std
     away, where an MLP head's predictions run off to 1e20 eV."""
     return standardize(z, pool_rows, min_std=std_floor(z[pool_rows].std(dim=0)))[0]
+
+
+def check_gp_score(score):
+    if score not in GP_SCORES:
+        raise InputError(f"GP_SCORE={score!r}: expected one of {list(GP_SCORES)}")
 
 
 def check_selection_dim(dim, width):

@@ -26,11 +26,12 @@ def smooth_pool(n=300, dim=4, seed=0):
 
 # --- the rounds ---------------------------------------------------------------------------
 
-def test_round_one_is_gp_variance_and_later_rounds_follow_the_kernel_their_labels_choose():
+@pytest.mark.parametrize("score", selection.GP_SCORES)
+def test_round_one_is_gp_variance_and_later_rounds_follow_the_kernel_their_labels_choose(score):
     z, y = smooth_pool()
-    cfg = resolve_config(ROUNDS)
+    cfg = resolve_config({**ROUNDS, "GP_SCORE": score})
     picks, variances, fits = adaptive.adaptive_selection(z, y, 3, cfg)
-    first, first_variances = selection.gp_variance(z, 6, 3, cfg.GP_WIDTH, cfg.GP_NOISE)
+    first, first_variances = selection.gp_variance(z, 6, 3, cfg.GP_WIDTH, cfg.GP_NOISE, score=score)
     assert picks[:6].tolist() == first.tolist()
     torch.testing.assert_close(variances[:6], first_variances)
     for start, size, fit in ((6, 6, fits[0]), (12, 12, fits[1])):
@@ -38,9 +39,18 @@ def test_round_one_is_gp_variance_and_later_rounds_follow_the_kernel_their_label
         labels = (y[labelled] - y[labelled].mean()) / y[labelled].std()
         expected = heads.krr_fit_loo(z[labelled], labels, cfg.KRR_WIDTHS, cfg.KRR_RIDGES)
         assert (fit["width"], fit["ridge"]) == (expected["width"], expected["ridge"])
-        again = selection.posterior_variance_greedy(z, size, expected["gamma"], expected["ridge"], labelled)[0]
+        again = selection.posterior_variance_greedy(z, size, expected["gamma"], expected["ridge"], labelled,
+                                                    score=score)[0]
         assert picks[start:start + size].tolist() == again.tolist()
     assert len(set(picks.tolist())) == 24
+
+
+def test_the_gp_score_changes_every_round():
+    z, y = smooth_pool()
+    picks = {score: adaptive.adaptive_selection(z, y, 3, resolve_config({**ROUNDS, "GP_SCORE": score}))[0]
+             for score in selection.GP_SCORES}
+    for rows in (slice(0, 6), slice(6, 12), slice(12, 24)):
+        assert picks["variance"][rows].tolist() != picks["integrated"][rows].tolist()
 
 
 def test_scrambled_labels_move_the_picks_after_round_one_only():

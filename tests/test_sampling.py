@@ -397,6 +397,7 @@ def test_mlp_heads_fit_only_the_first_mlp_seed_count_seeds(tmp_path):
      "SELECTION_DIM=0: expected a positive number"),
     ({}, ["--select", "hybrid", "--budget", "5", "--set", "HYBRID_SWITCH=0"], "HYBRID_SWITCH=0: expected a positive"),
     ({}, ["--strategies", "hybrid", "--set", "HYBRID_SWITCH=-3"], "HYBRID_SWITCH=-3: expected a positive number"),
+    ({}, ["--set", "GP_SCORE='entropy'"], "GP_SCORE='entropy': expected one of ['variance', 'integrated']"),
 ])
 def test_bad_input_exits_with_one_line_before_any_output(capsys, tmp_path, replace, argv, message):
     npz = write_synthetic_latents(tmp_path / "latents.npz", **replace)

@@ -309,6 +309,36 @@ def test_gp_variance_picks_the_largest_dense_posterior_variance():
     assert variances.diff().le(1e-12).all()  # each observation only explains variance away
 
 
+def test_integrated_score_picks_the_largest_dense_pool_variance_reduction(monkeypatch):
+    monkeypatch.setattr(selection, "REFERENCE_ROWS", 40)  # fewer reference rows than the pool: the sum is on them
+    z = torch.randn(150, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    picks, variances = selection.gp_variance(z, 25, seed=2, width=0.7, noise=0.05, already_selected=[5, 90],
+                                             score="integrated")
+    references = selection.reference_rows(150)
+    assert len(references) == 40 and references[0] == 0 and references[-1] == 149
+    width = 0.7 * selection.median_distance(z, torch.Generator().manual_seed(2))
+    kernel = torch.exp(-torch.cdist(z, z) ** 2 / (2 * width ** 2))
+    observed = [5, 90]
+    for pick, variance in zip(picks.tolist(), variances.tolist()):
+        before = dense_posterior_variance(kernel, observed, 0.05)[references].sum()
+        removed = torch.stack([before - dense_posterior_variance(kernel, observed + [row], 0.05)[references].sum()
+                               for row in range(150)])  # what observing each row removes from the references
+        removed[observed] = -1.0
+        assert pick == int(removed.argmax())
+        assert variance == pytest.approx(float(dense_posterior_variance(kernel, observed, 0.05)[pick]), abs=1e-12)
+        observed.append(pick)
+    plain = selection.gp_variance(z, 25, seed=2, width=0.7, noise=0.05, already_selected=[5, 90])[0]
+    assert picks.tolist() != plain.tolist()
+
+
+def test_integrated_score_prefers_a_dense_cluster_to_an_outlier():
+    cluster = torch.randn(60, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.1
+    z = torch.cat([cluster, torch.tensor([[8.0, 8.0]], dtype=torch.float64)])  # row 60: far from everything
+    assert int(selection.gp_variance(z, 2, seed=0, width=1.0, noise=0.01, already_selected=[0])[0][0]) == 60
+    first = int(selection.gp_variance(z, 1, seed=0, width=1.0, noise=0.01, score="integrated")[0][0])
+    assert first < 60
+
+
 def test_gp_variance_starts_at_the_seeded_row_and_breaks_ties_to_the_lowest_row():
     z = torch.randn(200, 3, generator=torch.Generator().manual_seed(0))
     for seed in range(3):
