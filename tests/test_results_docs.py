@@ -83,6 +83,21 @@ def test_the_student_table_matches_its_summaries(label):
     assert table_rows("docs/results.md")[label][1:] == expected
 
 
+GP_SCORE_ROWS = {"random": ("integrated", "random"), "GP variance, own": ("variance", "gp_variance"),
+                 "GP variance, removed": ("integrated", "gp_variance"), "adaptive, own": ("variance", "adaptive"),
+                 "adaptive, removed": ("integrated", "adaptive")}  # label: (run folder under
+# results/qm9_10k_sevennet0_gp_score, strategy)
+
+
+@pytest.mark.parametrize("label", GP_SCORE_ROWS)
+def test_the_gp_score_table_matches_its_summaries(label):
+    run, strategy = GP_SCORE_ROWS[label]
+    rows = curve(f"results/qm9_10k_sevennet0_gp_score/{run}/summary.csv", "krr", strategy)
+    expected = [f"{1000 * rows.loc[n, 'mae_mean']:.0f} ± {1000 * rows.loc[n, 'mae_std']:.0f}"
+                for n in (10, 20, 50, 100, 200, 500, 1000, 1500)] + [f"{rows.loc[1000, 'max_abs_error_mean']:.2f}"]
+    assert f"| {' | '.join([label, *expected])} |" in (ROOT / "docs/results.md").read_text().splitlines()
+
+
 def test_the_prose_ranges_match_the_summaries():
     """SevenNet-0's margin over the encoder at N = 100-1000, random picks, either head, as the README says."""
     margins = []
