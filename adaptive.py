@@ -5,10 +5,10 @@ every row picked so far (the pool's labels, as if they had just been measured) r
 process: its kernel width (KRR_WIDTHS times the median distance of the labelled latents) and its noise
 variance (a ridge of KRR_RIDGES) are the pair with the lowest closed-form leave-one-out MAE of kernel
 ridge regression on the standardized labels (heads.krr_fit_loo), the prior variance staying 1, that of
-the standardized labels. The round then picks its rows greedily by posterior variance under that
-kernel (or by the pool variance they remove, GP_SCORE), conditioned on every labelled row
-(selection.posterior_variance_greedy). The labels move the
-picks only through the kernel they choose: a GP's posterior variance never reads them otherwise.
+the standardized labels. The round then picks its rows greedily by GP_SCORE under that kernel (the
+pool variance a pick removes, or its own), conditioned on every labelled row
+(selection.posterior_variance_greedy). The labels move the picks only through the kernel they choose:
+a GP's posterior variance never reads them otherwise.
 
 The picks at a budget N are the rows labelled after the rounds summing to N, so the strategy is nested
 and compares with the others at the same total N. It reads labels, so it lives above heads.py rather
@@ -47,7 +47,7 @@ def check_labels(labels, where):
 
 def labelled_round(z, labelled, labels, n_samples, cfg, where):
     """One round after the labelled rows (L,) of z (n, d), whose labels are `labels` (L,): the kernel that
-    krr_fit_loo chooses for them (KRR_WIDTHS, KRR_RIDGES), then n_samples rows by posterior variance,
+    krr_fit_loo chooses for them (KRR_WIDTHS, KRR_RIDGES), then n_samples rows by GP_SCORE,
     conditioned on the labelled ones. Returns the picks (n_samples,), their posterior variance when picked,
     and the fit ({width, ridge, loo_mae, ...})."""
     selection.check_budget(NAME, len(z), n_samples, len(labelled))

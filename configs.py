@@ -104,8 +104,8 @@ HERDING_WIDTH = 1.0  # herding's Gaussian kernel width, in median pairwise laten
 HERDING_SAMPLE = 10_000  # pool molecules whose kernel mean estimates the pool density for herding
 GP_WIDTH = 1.0  # gp_variance's Gaussian kernel width, in median pairwise latent distances of the pool
 GP_NOISE = 1e-2  # gp_variance's observation noise variance, relative to the prior variance 1 (a KRR ridge)
-GP_SCORE = "variance"  # gp_variance and adaptive pick by "variance", a row's own (outliers come first), or by
-# "integrated": the posterior variance a pick removes from the pool, summed on 1,000 rows (uncertain, typical rows)
+GP_SCORE = "integrated"  # gp_variance and adaptive pick by the posterior variance a pick removes from the pool
+# (summed on 1,000 rows: uncertain, typical rows; best on validation, docs/results.md), or "variance": a row's own
 ADAPTIVE_ROUNDS = [10, 10, 30, 50, 100, 300, 500]  # adaptive's labelling rounds; cumulative sums hold every N
 SELECTION_DIM = None  # int: select on this many leading principal components of the (standardized) latents,
 # many times faster on wide latents (docs/performance.md measures the cost in picks and MAE); None: all columns

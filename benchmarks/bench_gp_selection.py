@@ -49,7 +49,8 @@ def main(argv=None):
     budget = cfg.SAMPLING_NS[-1]
     z, y = synthetic_pool(args.pool, args.dim)
     runs = {"kcenter": lambda: selection.kcenter_greedy(z, budget, args.seed),
-            "gp_variance": lambda: selection.gp_variance(z, budget, args.seed, cfg.GP_WIDTH, cfg.GP_NOISE)[0],
+            "gp_variance": lambda: selection.gp_variance(z, budget, args.seed, cfg.GP_WIDTH, cfg.GP_NOISE,
+                                                         score=cfg.GP_SCORE)[0],
             "adaptive": lambda: adaptive.adaptive_selection(z, y, args.seed, cfg)[0]}
     seconds, picks = {}, {}
     for strategy, run in runs.items():
@@ -63,7 +64,8 @@ def main(argv=None):
     if args.out:
         write_text(args.out, json.dumps({"pool": args.pool, "dim": args.dim, "seed": args.seed, "budget": budget,
                                          "adaptive_rounds": cfg.ADAPTIVE_ROUNDS, "gp_width": cfg.GP_WIDTH,
-                                         "gp_noise": cfg.GP_NOISE, "torch_threads": torch.get_num_threads(),
+                                         "gp_noise": cfg.GP_NOISE, "gp_score": cfg.GP_SCORE,
+                                         "torch_threads": torch.get_num_threads(),
                                          "seconds": seconds, "picks_in_common": shared}, indent=1))
     return seconds
 

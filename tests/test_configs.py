@@ -36,7 +36,7 @@ SAMPLING_RUN = {"MLP_HIDDEN_DIM": 48, "MLP_LAYERS": 1, "MLP_LR": 3e-3, "MLP_EPOC
                 "KRR_WIDTHS": [3.0], "KRR_RIDGES": [0.5], "HEAD_TUNING": "validation", "HEAD_CV_FOLDS": 2}
 SELECTION = {"KMEANS_ITERATIONS": 1, "TYPICLUST_K": 2, "TYPICLUST_MIN_CLUSTER_SIZE": 40, "HERDING_WIDTH": 0.3,
              "HERDING_SAMPLE": 50, "HYBRID_SWITCH": 10, "GP_WIDTH": 0.2, "GP_NOISE": 1.0,
-             "GP_SCORE": "integrated"}  # each changes the picks of the strategy that uses it
+             "GP_SCORE": "variance"}  # each changes the picks of the strategy that uses it
 ADAPTIVE = {"ADAPTIVE_ROUNDS": [8, 30]}  # the picks after the first round
 PRETRAINED = {"PRETRAINED_MODEL", "PRETRAINED_READOUT", "PRETRAINED_MIRROR_AVERAGE", "PRETRAINED_BATCH_SIZE",
               "PRETRAINED_CHUNK_SIZE", "PRETRAINED_WORKERS"}  # test_pretrained

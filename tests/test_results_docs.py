@@ -26,6 +26,8 @@ HEADLINE_ROWS = {
         "results/qm9_sevennet0_seeds20_pca64/summary.csv", "krr", "random", "random"),
     "SevenNet-0 frozen (KRR), 20 seeds, selection on 64 components | TypiClust": (
         "results/qm9_sevennet0_seeds20_pca64/summary.csv", "krr", "typiclust", "TypiClust"),
+    "SevenNet-0 frozen (KRR), 10 seeds, selection on 64 components": (
+        "results/qm9_sevennet0_gp_integrated/summary.csv", "krr", "gp_variance", "GP, removed variance"),
     "FCHL19 KRR (classical)": ("results/qm9_fchl19_krr/summary.csv", "fchl19_krr", "random", "random"),
 }
 COREMOF_STRATEGIES = {"random": "random", "k-center": "kcenter", "k-means": "kmeans", "TypiClust": "typiclust",
@@ -99,6 +101,15 @@ def test_the_gp_score_table_matches_its_summaries(label):
     rows = curve(f"results/qm9_10k_sevennet0_gp_score/{run}/summary.csv", "krr", strategy)
     expected = [f"{1000 * rows.loc[n, 'mae_mean']:.0f} ± {1000 * rows.loc[n, 'mae_std']:.0f}"
                 for n in (10, 20, 50, 100, 200, 500, 1000, 1500)] + [f"{rows.loc[1000, 'max_abs_error_mean']:.2f}"]
+    assert f"| {' | '.join([label, *expected])} |" in (ROOT / "docs/results.md").read_text().splitlines()
+
+
+@pytest.mark.parametrize("label, strategy", [("random", "random"), ("GP variance, removed", "gp_variance")])
+def test_the_full_qm9_gp_score_table_matches_its_summary(label, strategy):
+    rows = curve("results/qm9_sevennet0_gp_integrated/summary.csv", "krr", strategy)
+    expected = [f"{1000 * rows.loc[n, 'mae_mean']:.0f} ± {1000 * rows.loc[n, 'mae_std']:.0f}"
+                for n in (10, 20, 50, 100, 200, 500, 1000)]
+    expected += [f"{rows.loc[1000, f'{tail}_abs_error_mean']:.2f}" for tail in ("p95", "max")]
     assert f"| {' | '.join([label, *expected])} |" in (ROOT / "docs/results.md").read_text().splitlines()
 
 

@@ -56,7 +56,7 @@ def test_picks_are_distinct_seeded_and_honour_the_warm_start(strategy, pool):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_other_seeds_give_other_picks_and_nested_strategies_nest(strategy):
     z = torch.randn(300, 6, generator=torch.Generator().manual_seed(0))
-    select = selection.Selector(z, resolve_config({"HERDING_SAMPLE": 100}))
+    select = selection.Selector(z, resolve_config({"HERDING_SAMPLE": 100, "GP_SCORE": "variance"}))
     long, short = select(strategy, 40, seed=3), select(strategy, 15, seed=3)
     assert select(strategy, 15, seed=4).tolist() != short.tolist()
     assert (short.tolist() == long[:15].tolist()) == selection.NESTED[strategy]
@@ -329,6 +329,15 @@ def test_integrated_score_picks_the_largest_dense_pool_variance_reduction(monkey
         observed.append(pick)
     plain = selection.gp_variance(z, 25, seed=2, width=0.7, noise=0.05, already_selected=[5, 90])[0]
     assert picks.tolist() != plain.tolist()
+
+
+def test_integrated_score_reads_the_seed_only_through_the_median_sample(monkeypatch):
+    z = torch.randn(300, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    picks = {seed: selection.gp_variance(z, 20, seed, 1.0, 0.01, score="integrated")[0].tolist() for seed in (0, 1)}
+    assert picks[0] == picks[1]  # every row measures the median distance of a pool this small
+    monkeypatch.setattr(selection, "MEDIAN_SAMPLE", 50)
+    widths = {seed: selection.median_distance(z, torch.Generator().manual_seed(seed)) for seed in (0, 1)}
+    assert widths[0] != widths[1]
 
 
 def test_integrated_score_prefers_a_dense_cluster_to_an_outlier():
