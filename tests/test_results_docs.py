@@ -113,6 +113,15 @@ def test_the_full_qm9_gp_score_table_matches_its_summary(label, strategy):
     assert f"| {' | '.join([label, *expected])} |" in (ROOT / "docs/results.md").read_text().splitlines()
 
 
+@pytest.mark.parametrize("label, strategy", [("random", "random"), ("k-center", "kcenter"), ("k-means", "kmeans"),
+                                             ("TypiClust", "typiclust"), ("kernel herding", "herding")])
+def test_the_package_encoder_strategy_table_matches_its_summary(label, strategy):
+    rows = curve("results/qm9_encoder25_labels/strategies_krr/summary.csv", "krr", strategy)
+    expected = [f"{1000 * rows.loc[n, 'mae_mean']:.0f} ± {1000 * rows.loc[n, 'mae_std']:.0f}"
+                for n in (10, 20, 50, 100, 200, 500, 1000)] + [f"{rows.loc[1000, 'max_abs_error_mean']:.2f}"]
+    assert f"| {' | '.join([label, *expected])} |" in (ROOT / "docs/results.md").read_text().splitlines()
+
+
 PROTOCOL_ROWS = {"package encoder, {head}, validation": "results/qm9_encoder25_labels/validation/summary.csv",
                  "package encoder, {head}, own labels": "results/qm9_encoder25_labels/labels/summary.csv",
                  "SevenNet-0, {head}, own labels": "results/qm9_sevennet0_seeds20_pca64/summary.csv"}
