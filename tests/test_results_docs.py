@@ -32,7 +32,7 @@ HEADLINE_ROWS = {
 }
 COREMOF_STRATEGIES = {"random": "random", "k-center": "kcenter", "k-means": "kmeans", "TypiClust": "typiclust",
                       "kernel herding": "herding"}
-COREMOF_BUDGETS = [10, 20, 50, 100, 200, 500, 1000]
+BUDGETS = [10, 20, 50, 100, 200, 500, 1000]  # the default SAMPLING_NS
 
 
 def table_rows(path):
@@ -51,6 +51,19 @@ def curve(path, head, strategy):
     return summary[(summary["head"] == head) & (summary["strategy"] == strategy)].set_index("n_labels")
 
 
+def mae_row(label, path, head, strategy, budgets, tails=("max",)):
+    """The markdown line docs/results.md shows for one curve: label, MAE mean ± std (meV) at each budget,
+    then the mean of each tail error (eV) at N = 1000."""
+    rows = curve(path, head, strategy)
+    cells = [f"{1000 * rows.loc[n, 'mae_mean']:.0f} ± {1000 * rows.loc[n, 'mae_std']:.0f}" for n in budgets]
+    cells += [f"{rows.loc[1000, f'{tail}_abs_error_mean']:.2f}" for tail in tails]
+    return f"| {' | '.join([label, *cells])} |"
+
+
+def results_lines():
+    return (ROOT / "docs/results.md").read_text().splitlines()
+
+
 @pytest.mark.parametrize("label", HEADLINE_ROWS)
 def test_the_readme_headline_table_matches_its_summaries(label):
     path, head, strategy, selection_cell = HEADLINE_ROWS[label]
@@ -67,14 +80,14 @@ def test_the_readme_headline_table_matches_its_summaries(label):
 def test_the_coremof_table_matches_its_summary(head, label):
     rows = curve("results/coremof_av_vf/summary.csv", head.lower(), COREMOF_STRATEGIES[label])
     cells = table_rows("docs/results.md")[f"{head} | {label}"]
-    assert cells[2:] == [f"{1000 * rows.loc[n, 'mae_mean']:.1f}" for n in COREMOF_BUDGETS]
+    assert cells[2:] == [f"{1000 * rows.loc[n, 'mae_mean']:.1f}" for n in BUDGETS]
 
 
 @pytest.mark.parametrize("head", ["MLP", "KRR"])
 def test_the_coremof_descriptor_control_matches_its_summary(head):
     rows = curve("results/coremof_av_vf/descriptors/summary.csv", head.lower(), "random")
     cells = table_rows("docs/results.md")[f"{head} | descriptor control, random"]
-    assert cells[2:] == [f"{1000 * rows.loc[n, 'mae_mean']:.1f}" for n in COREMOF_BUDGETS]
+    assert cells[2:] == [f"{1000 * rows.loc[n, 'mae_mean']:.1f}" for n in BUDGETS]
 
 
 STUDENT_ROWS = {"package encoder, 12 epochs": "default", "student of SevenNet-0, 12 epochs": "distilled",
@@ -98,28 +111,21 @@ GP_SCORE_ROWS = {"random": ("integrated", "random"), "GP variance, own": ("varia
 @pytest.mark.parametrize("label", GP_SCORE_ROWS)
 def test_the_gp_score_table_matches_its_summaries(label):
     run, strategy = GP_SCORE_ROWS[label]
-    rows = curve(f"results/qm9_10k_sevennet0_gp_score/{run}/summary.csv", "krr", strategy)
-    expected = [f"{1000 * rows.loc[n, 'mae_mean']:.0f} ± {1000 * rows.loc[n, 'mae_std']:.0f}"
-                for n in (10, 20, 50, 100, 200, 500, 1000, 1500)] + [f"{rows.loc[1000, 'max_abs_error_mean']:.2f}"]
-    assert f"| {' | '.join([label, *expected])} |" in (ROOT / "docs/results.md").read_text().splitlines()
+    path = f"results/qm9_10k_sevennet0_gp_score/{run}/summary.csv"
+    assert mae_row(label, path, "krr", strategy, BUDGETS + [1500]) in results_lines()
 
 
 @pytest.mark.parametrize("label, strategy", [("random", "random"), ("GP variance, removed", "gp_variance")])
 def test_the_full_qm9_gp_score_table_matches_its_summary(label, strategy):
-    rows = curve("results/qm9_sevennet0_gp_integrated/summary.csv", "krr", strategy)
-    expected = [f"{1000 * rows.loc[n, 'mae_mean']:.0f} ± {1000 * rows.loc[n, 'mae_std']:.0f}"
-                for n in (10, 20, 50, 100, 200, 500, 1000)]
-    expected += [f"{rows.loc[1000, f'{tail}_abs_error_mean']:.2f}" for tail in ("p95", "max")]
-    assert f"| {' | '.join([label, *expected])} |" in (ROOT / "docs/results.md").read_text().splitlines()
+    path = "results/qm9_sevennet0_gp_integrated/summary.csv"
+    assert mae_row(label, path, "krr", strategy, BUDGETS, ("p95", "max")) in results_lines()
 
 
 @pytest.mark.parametrize("label, strategy", [("random", "random"), ("k-center", "kcenter"), ("k-means", "kmeans"),
                                              ("TypiClust", "typiclust"), ("kernel herding", "herding")])
 def test_the_package_encoder_strategy_table_matches_its_summary(label, strategy):
-    rows = curve("results/qm9_encoder25_labels/strategies_krr/summary.csv", "krr", strategy)
-    expected = [f"{1000 * rows.loc[n, 'mae_mean']:.0f} ± {1000 * rows.loc[n, 'mae_std']:.0f}"
-                for n in (10, 20, 50, 100, 200, 500, 1000)] + [f"{rows.loc[1000, 'max_abs_error_mean']:.2f}"]
-    assert f"| {' | '.join([label, *expected])} |" in (ROOT / "docs/results.md").read_text().splitlines()
+    path = "results/qm9_encoder25_labels/strategies_krr/summary.csv"
+    assert mae_row(label, path, "krr", strategy, BUDGETS) in results_lines()
 
 
 PROTOCOL_ROWS = {"package encoder, {head}, validation": "results/qm9_encoder25_labels/validation/summary.csv",
@@ -130,11 +136,7 @@ PROTOCOL_ROWS = {"package encoder, {head}, validation": "results/qm9_encoder25_l
 @pytest.mark.parametrize("head", ["MLP", "KRR"])
 @pytest.mark.parametrize("label", PROTOCOL_ROWS)
 def test_the_package_encoder_protocol_table_matches_its_summaries(label, head):
-    rows = curve(PROTOCOL_ROWS[label], head.lower(), "random")
-    expected = [f"{1000 * rows.loc[n, 'mae_mean']:.0f} ± {1000 * rows.loc[n, 'mae_std']:.0f}"
-                for n in (10, 20, 50, 100, 200, 500, 1000)] + [f"{rows.loc[1000, 'max_abs_error_mean']:.2f}"]
-    line = f"| {' | '.join([label.format(head=head), *expected])} |"
-    assert line in (ROOT / "docs/results.md").read_text().splitlines()
+    assert mae_row(label.format(head=head), PROTOCOL_ROWS[label], head.lower(), "random", BUDGETS) in results_lines()
 
 
 @pytest.mark.parametrize("encoder_run, sevennet_run, claim", [
