@@ -125,5 +125,5 @@ PRETRAINED_READOUT = "all"  # "all": invariant node features after every block, 
 PRETRAINED_MIRROR_AVERAGE = False  # True: average each structure's embedding with its mirror image's (SevenNet has
 # no parity, so a mirror image moves its embedding by ~0.4% of its scale); exact E(3) invariance at twice the cost
 PRETRAINED_BATCH_SIZE = 4  # molecules per pass: a CPU is fastest when a batch stays in its cache; a GPU wants ~1000
-PRETRAINED_CHUNK_SIZE = 8192  # molecules per file written while exporting; --resume keeps finished ones
+PRETRAINED_CHUNK_SIZE = 1024  # structures per file written while exporting, the unit a worker takes; --resume keeps finished ones
 PRETRAINED_WORKERS = None  # processes of one thread that embed chunks; None: one per CPU core, measured fastest

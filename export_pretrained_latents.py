@@ -9,7 +9,7 @@ own latent. A reference: how far a model trained on other data gets.
     python export_pretrained_latents.py --out-dir runs/7net --resume      # after a kill
     python sampling_mlp_experiment.py --latents runs/7net/latents_qm9.npz --out-dir runs/7net/sampling
 
-The export writes its latents in chunks of PRETRAINED_CHUNK_SIZE molecules, spread over PRETRAINED_WORKERS
+The export writes its latents in chunks of PRETRAINED_CHUNK_SIZE structures, spread over PRETRAINED_WORKERS
 processes of one thread each (the same bits for any number); --resume keeps the finished chunks. The
 chunks are removed once latents_qm9.npz is written.
 """
@@ -39,7 +39,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help=f"override PRETRAINED_MODEL: one of {sorted(pretrained.MODELS)}")
     parser.add_argument("--data-root", help="override DATA_ROOT (where the QM9 cache lives)")
-    parser.add_argument("--max-molecules", type=int, help="override MAX_STRUCTURES: a seeded subset")
+    parser.add_argument("--max-structures", "--max-molecules", type=int,
+                        help="override MAX_STRUCTURES: a seeded subset")
     parser.add_argument("--batch-size", type=int, help="override PRETRAINED_BATCH_SIZE")
     parser.add_argument("--seed", type=int, help="override SEED (the split and the subset)")
     parser.add_argument("--resume", action="store_true", help="finish the export in --out-dir, keeping its chunks")
@@ -48,7 +49,7 @@ def parse_args(argv=None):
 
 
 def config_from_args(args):
-    flags = {"PRETRAINED_MODEL": args.model, "DATA_ROOT": args.data_root, "MAX_STRUCTURES": args.max_molecules,
+    flags = {"PRETRAINED_MODEL": args.model, "DATA_ROOT": args.data_root, "MAX_STRUCTURES": args.max_structures,
              "PRETRAINED_BATCH_SIZE": args.batch_size, "SEED": args.seed}
     overrides = overrides_from_args(flags, args.set)
     if not args.resume:
@@ -68,7 +69,7 @@ def check_config(cfg):
 
 
 def chunk_rows(num_molecules, cfg, device=None):
-    """The molecule rows of each chunk, in order."""
+    """The structure rows of each chunk, in order."""
     return torch.split(torch.arange(num_molecules, device=device), cfg.PRETRAINED_CHUNK_SIZE)
 
 
@@ -82,7 +83,7 @@ def write_chunk(path, embedding, energy):
 
 
 def read_chunk(path, rows, dim):
-    """A finished chunk, checked against the molecules and the dimension it must hold."""
+    """A finished chunk, checked against the structures and the dimension it must hold."""
     chunk = load_npz(path, "latent chunk")
     if set(chunk) != {"embedding", "energy"} or chunk["embedding"].shape != (rows, dim) \
             or chunk["energy"].shape != (rows,):
@@ -148,9 +149,9 @@ def chunks_in_workers(todo, cfg, device, out_dir, workers):
 
 
 def embed_chunks(embedder, structures, cfg, out_dir, logger, workers=1):
-    """Embed every molecule chunk by chunk, skipping the chunks already on disk: here with one thread, or
+    """Embed every structure chunk by chunk, skipping the chunks already on disk: here with one thread, or
     in `workers` processes of one thread each. Either way each chunk is the same passes, so the same
-    bits. Returns the number of molecules embedded now and the seconds it took."""
+    bits. Returns the number of structures embedded now and the seconds it took."""
     chunks = chunk_rows(structures.num_molecules, cfg, structures.z.device)
     (out_dir / CHUNK_DIR).mkdir(exist_ok=True)
     todo = missing_chunks(out_dir, chunks, embedder.dim)
@@ -159,11 +160,11 @@ def embed_chunks(embedder, structures, cfg, out_dir, logger, workers=1):
                (write_embedded_chunk(embedder, structures, cfg, out_dir, k) for k in todo))
     embedded, start = 0, time.perf_counter()
     with tqdm(total=structures.num_molecules, initial=structures.num_molecules - sum(len(chunks[k]) for k in todo),
-              unit="mol", desc="embedding", disable=None) as bar:
+              unit="structure", desc="embedding", disable=None) as bar:
         for k in written:
             embedded += len(chunks[k])
             bar.update(len(chunks[k]))
-            logger.info("chunk %d of %d written; %d molecules in %.0f s so far", k + 1, len(chunks), embedded,
+            logger.info("chunk %d of %d written; %d structures in %.0f s so far", k + 1, len(chunks), embedded,
                         time.perf_counter() - start)
     return embedded, time.perf_counter() - start
 
@@ -177,7 +178,7 @@ def check_workers(workers):
 
 
 def collect_chunks(out_dir, num_molecules, cfg, dim):
-    """Every chunk's embedding and energy, concatenated in molecule order."""
+    """Every chunk's embedding and energy, concatenated in structure order."""
     chunks = [read_chunk(chunk_path(out_dir, k), len(rows), dim)
               for k, rows in enumerate(chunk_rows(num_molecules, cfg))]
     return (np.concatenate([chunk[key] for chunk in chunks]) for key in ("embedding", "energy"))
@@ -216,7 +217,7 @@ def main(argv=None):
         logger.info("%d structures on %s; %s", structures.num_molecules, device, json.dumps(model))
         embedded, seconds = embed_chunks(embedder, structures, cfg, out_dir, logger, workers)
         if embedded:
-            logger.info("embedded %d molecules in %.1f s (%.1f mol/s, %d per batch, %d processes of one thread)",
+            logger.info("embedded %d structures in %.1f s (%.1f structures/s, %d per batch, %d processes of one thread)",
                         embedded, seconds, embedded / seconds, cfg.PRETRAINED_BATCH_SIZE, workers)
         latents, energy = collect_chunks(out_dir, structures.num_molecules, cfg, embedder.dim)
         source = f"{cfg.PRETRAINED_MODEL} frozen embedding ({cfg.PRETRAINED_READOUT} readout, {embedder.dim} dims)"

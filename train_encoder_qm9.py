@@ -8,13 +8,13 @@ an equivariant vector head, or each atom's features in a frozen pretrained poten
 a distilled student). The TARGET property (HOMO energies for QM9) is read only to be stored
 beside the latents.
 
-    python train_encoder_qm9.py --max-molecules 2000 --epochs 3 --out-dir runs/quick
+    python train_encoder_qm9.py --max-structures 2000 --epochs 3 --out-dir runs/quick
     python train_encoder_qm9.py --out-dir runs/full            # all of QM9, best on a GPU
     python train_encoder_qm9.py --out-dir runs/full --resume --epochs 150
     python train_encoder_qm9.py --out-dir runs/untrained --epochs 0     # control: the untrained encoder
     python train_encoder_qm9.py --out-dir runs/descriptors --descriptor-latents  # control: the targets
     python train_encoder_qm9.py --out-dir runs/student --set TEACHER_WEIGHT=1.0   # distilled from SevenNet-0
-    python train_encoder_qm9.py --dataset coremof --target AV_VF --max-molecules 300 --epochs 3 --out-dir runs/mof
+    python train_encoder_qm9.py --dataset coremof --target AV_VF --max-structures 300 --epochs 3 --out-dir runs/mof
     python train_encoder_qm9.py --dataset pool.extxyz --target gap --out-dir runs/pool   # your own structures
 """
 import argparse
