@@ -168,3 +168,25 @@ def test_every_run_not_from_a_clean_commit_is_marked():
         if info["git_dirty"] is not False:
             unclean[str(path.relative_to(ROOT))] = info["git_commit"][:7] if info["git_dirty"] else "none recorded"
     assert unclean.items() <= marked.items()
+
+
+COREMOF_LABELS = "results/coremof_av_vf_labels"
+COREMOF_LABELS_STRATEGIES = {**COREMOF_STRATEGIES, "GP variance": "gp_variance"}
+
+
+def void_fraction_row(cells, path, head, strategy):
+    """The markdown line of one CoRE MOF curve: `cells`, then test MAE mean ± std (× 10⁻³) at each budget,
+    then the mean largest error (× 10⁻³) at N = 1000."""
+    rows = curve(path, head, strategy)
+    values = [f"{1000 * rows.loc[n, 'mae_mean']:.1f} ± {1000 * rows.loc[n, 'mae_std']:.1f}" for n in BUDGETS]
+    largest = f"{1000 * rows.loc[1000, 'max_abs_error_mean']:.0f}"
+    return f"| {' | '.join([*cells, *values, largest])} |"
+
+
+@pytest.mark.parametrize("latent", ["encoder", "descriptors"])
+@pytest.mark.parametrize("head", ["MLP", "KRR"])
+@pytest.mark.parametrize("label", COREMOF_LABELS_STRATEGIES)
+def test_the_coremof_labels_table_matches_its_summaries(label, head, latent):
+    path = f"{COREMOF_LABELS}/{latent}/summary.csv"
+    assert void_fraction_row([head, latent, label], path, head.lower(), COREMOF_LABELS_STRATEGIES[label]) \
+        in results_lines()
