@@ -35,11 +35,11 @@ def parse_args(argv=None):
 
 
 def export_speed(data_root, molecules, workers, out_dir):
-    """mol/s of one export's embedding, from its log, and its latents."""
+    """Structures/s of one export's embedding, from its log, and its latents."""
     subprocess.run([sys.executable, str(ROOT / "export_pretrained_latents.py"), "--data-root", data_root,
                     "--max-molecules", str(molecules), "--out-dir", str(out_dir), "--set", "PRETRAINED_CHUNK_SIZE=500",
                     "--set", f"PRETRAINED_WORKERS={workers}"], check=True, capture_output=True)
-    speed = re.search(r"\(([\d.]+) mol/s", (out_dir / "export.log").read_text()).group(1)
+    speed = re.search(r"\(([\d.]+) structures/s", (out_dir / "export.log").read_text()).group(1)
     return float(speed), np.load(out_dir / "latents_qm9.npz")["z_all"]
 
 

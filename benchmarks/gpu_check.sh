@@ -111,7 +111,7 @@ for row in (out / "steps.tsv").read_text().splitlines():
 report = {"device": device, "steps": steps, "encoders": loaded(out / "encoders.json"),
           "training": lines(out / "encoder" / "train.log", r"epoch|latents|descriptor"),
           "grid": lines(out / "sampling" / "sampling.log", r"stage|total"),
-          "export": lines(out / "export" / "export.log", r"mol/s"), "bench": loaded(out / "bench.json")}
+          "export": lines(out / "export" / "export.log", r"structures/s"), "bench": loaded(out / "bench.json")}
 (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
 print(json.dumps([(s["name"], s["status"], round(s["seconds"], 1)) for s in steps]))
 PY

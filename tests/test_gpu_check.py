@@ -29,7 +29,7 @@ def test_the_dry_run_runs_every_step_and_writes_one_report(qm9_root, tmp_path):
     assert [row["size"] for row in report["encoders"]["rows"]] == ["default", "large"]
     assert any("latents" in line for line in report["training"])
     assert any(line.startswith("stage selection") for line in report["grid"])
-    assert len(report["export"]) == 1 and "mol/s" in report["export"][0]
+    assert len(report["export"]) == 1 and "structures/s" in report["export"][0]
     assert (tmp_path / "out" / "gpu_check.log").is_file()
 
 
